@@ -1,0 +1,241 @@
+"""Configuration: agents (spec §3.2.1), gossip (§3.2.2) and the hub (§3.2.3).
+
+Every field can come from the environment with :meth:`from_env`:
+``CHRYSALIS_<FIELD>`` (``CHRYSALIS_AGENT_ID``, ``CHRYSALIS_DATA_DIR``, ...).
+The spec's Fireproof names (``fireproof_db_path``, ``FIREPROOF_DB_PATH``) are
+accepted as aliases: in Chrysalis the "Fireproof" store is our own SQLite
+Merkle-CRDT op log.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from chrysalis_memory.errors import ConfigError
+from chrysalis_memory.model.ops import AGENT_ID_PATTERN
+
+Durability = Literal["normal", "full"]
+EmbedderChoice = Literal["auto", "hashing", "ollama"]
+
+C = TypeVar("C", bound="_EnvConfig")
+
+
+class _EnvConfig(BaseModel):
+    """A config model that can also be read from ``CHRYSALIS_*`` variables."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    env_prefix: ClassVar[str] = "CHRYSALIS_"
+    env_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    """Extra variable names per field (first one set wins, after the prefixed name)."""
+
+    @classmethod
+    def env_names(cls, field: str) -> tuple[str, ...]:
+        return (cls.env_prefix + field.upper(), *cls.env_aliases.get(field, ()))
+
+    @classmethod
+    def from_env(cls: type[C], environ: Mapping[str, str] | None = None, **overrides: Any) -> C:
+        """Build from environment variables; keyword arguments take precedence."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, _EnvConfig):
+                continue  # nested configs have their own from_env
+            for variable in cls.env_names(name):
+                if variable in env:
+                    values[name] = env[variable]
+                    break
+        values.update(overrides)
+        return cls.build(**values)
+
+    @classmethod
+    def build(cls: type[C], **values: Any) -> C:
+        """Validate, translating pydantic's errors into a :class:`ConfigError`."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
+
+
+class GossipConfig(_EnvConfig):
+    """Peer-to-peer dissemination (spec §3.2.2)."""
+
+    env_prefix: ClassVar[str] = "CHRYSALIS_GOSSIP_"
+
+    enabled: bool = Field(default=False, description="Listen for peers and gossip ops.")
+    fanout: int = Field(default=3, ge=1, le=64, description="Peers pushed to per round.")
+    interval_ms: int = Field(default=500, ge=10, description="Time between gossip rounds.")
+    max_retries: int = Field(default=3, ge=0, description="Retries of a failed push to a peer.")
+    anti_entropy_enabled: bool = Field(
+        default=True, description="Periodically reconcile with one random peer."
+    )
+    anti_entropy_interval_ms: int = Field(default=5000, ge=100)
+    listen_host: str = Field(default="127.0.0.1", description="Address peers connect to.")
+    listen_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
+    seeds: list[str] = Field(
+        default_factory=list, description="ws:// URLs of known peers (comma-separated in env)."
+    )
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _split_seeds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    def rounds_to_reach(self, n_instances: int) -> int:
+        """Rounds for push gossip to reach ``n_instances``: ceil(log_fanout N)."""
+        if n_instances <= 1:
+            return 0
+        fanout = max(self.fanout, 2)
+        return math.ceil(math.log(n_instances) / math.log(fanout))
+
+
+class HubConfig(_EnvConfig):
+    """The central sync hub (spec §3.2.3). Spec camelCase names are accepted."""
+
+    env_prefix: ClassVar[str] = "CHRYSALIS_HUB_"
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+    )
+
+    host: str = Field(default="127.0.0.1", description="Interface to bind.")
+    websocket_port: int = Field(default=4444, ge=0, le=65535)
+    http_port: int = Field(default=8082, ge=0, le=65535, description="/health and /metrics.")
+    data_dir: Path = Field(default=Path("./data/hub"))
+    collective_db_path: Path | None = Field(
+        default=None, description="Defaults to DATA_DIR/collective.db."
+    )
+    tokens_file: Path | None = Field(default=None, description="Hashed agent tokens.")
+    vector_index_type: Literal["hnsw", "flat"] = "hnsw"
+    vector_dimensions: int = Field(default=768, ge=1, description="768 for nomic-embed-text.")
+    max_connections_per_agent: int = Field(default=2, ge=1)
+    max_connections: int = Field(default=1000, ge=1)
+    sync_batch_size: int = Field(default=100, ge=1, le=10_000)
+    max_message_bytes: int = Field(default=4 << 20, ge=1024)
+    conflict_resolution: Literal["crdt"] = "crdt"
+    sharding_enabled: bool = False
+    shard_count: int = Field(default=1, ge=1)
+
+    @property
+    def db_path(self) -> Path:
+        return self.collective_db_path or self.data_dir / "collective.db"
+
+
+class AgentMemoryConfig(_EnvConfig):
+    """One agent's memory: its store, its sync and its embeddings (spec §3.2.1)."""
+
+    env_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "store_enabled": ("CHRYSALIS_FIREPROOF_ENABLED", "FIREPROOF_ENABLED"),
+        "db_path": ("CHRYSALIS_FIREPROOF_DB_PATH", "FIREPROOF_DB_PATH"),
+        "hub_url": ("FIREPROOF_SYNC_GATEWAY",),
+        "promotion_enabled": ("FIREPROOF_PROMOTION_ENABLED",),
+        "promotion_threshold": ("FIREPROOF_PROMOTION_THRESHOLD",),
+        "local_vector_cache": ("FIREPROOF_LOCAL_VECTORS",),
+        "ollama_host": ("OLLAMA_HOST", "OLLAMA_BASE_URL"),
+        "embedding_model": ("OLLAMA_EMBEDDING_MODEL",),
+    }
+
+    # identity
+    agent_id: str = Field(
+        default="local-agent",
+        pattern=AGENT_ID_PATTERN,
+        description="This agent's id: letters, digits and . _ : @ -, at most 128 characters.",
+    )
+    agent_name: str | None = Field(default=None, description="Display name; defaults to agent_id.")
+
+    # storage
+    data_dir: Path = Field(default=Path("./data"), description="Root of all local data.")
+    store_enabled: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("store_enabled", "fireproof_enabled"),
+        description="Persist to disk; False keeps everything in memory (tests, scratch agents).",
+    )
+    db_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("db_path", "fireproof_db_path"),
+        description="SQLite op log; defaults to DATA_DIR/AGENT_ID/memory.db.",
+    )
+    durability: Durability = Field(
+        default="normal",
+        description=(
+            "normal: a write survives a crash of the process (kill -9); full: it also "
+            "survives power loss, at the cost of an fsync per write."
+        ),
+    )
+
+    # sync
+    sync_enabled: bool = True
+    sync_interval_s: float = Field(default=60.0, gt=0)
+    sync_batch_size: int = Field(default=100, ge=1, le=10_000)
+    hub_url: str | None = Field(default=None, description="ws://host:port of the sync hub.")
+    hub_token: SecretStr | None = Field(default=None, description="From `chrysalis token create`.")
+
+    # promotion (short-term -> long-term)
+    promotion_enabled: bool = True
+    promotion_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+
+    # vector caching and embeddings
+    local_vector_cache: bool = True
+    vector_cache_threshold_bytes: int = Field(default=10240, ge=0)
+    embedder: EmbedderChoice = "auto"
+    embedding_model: str = "nomic-embed-text"
+    ollama_host: str | None = None
+
+    gossip: GossipConfig = Field(default_factory=GossipConfig)
+
+    @field_validator("hub_url")
+    @classmethod
+    def _check_hub_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"hub_url must start with ws:// or wss://, got {value!r}")
+        return value
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> AgentMemoryConfig:
+        if "gossip" not in overrides:
+            overrides["gossip"] = GossipConfig.from_env(environ)
+        return super().from_env(environ, **overrides)
+
+    @property
+    def display_name(self) -> str:
+        return self.agent_name or self.agent_id
+
+    @property
+    def agent_dir(self) -> Path:
+        """This agent's own directory: op log, keys and vector cache."""
+        return self.data_dir / self.agent_id
+
+    @property
+    def resolved_db_path(self) -> Path | None:
+        """Where the op log lives, or None when the store is in memory."""
+        if not self.store_enabled:
+            return None
+        return self.db_path or self.agent_dir / "memory.db"

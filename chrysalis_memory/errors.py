@@ -1,0 +1,139 @@
+"""Every error Chrysalis raises on purpose is a :class:`ChrysalisError`.
+
+Two families matter to callers:
+
+* :class:`UsageError` — the caller asked for something impossible (a bad
+  argument, an unknown memory, a misconfiguration). Fix the call.
+* :class:`InvalidOpError` — something that came from *elsewhere* (a peer, the
+  hub, a file) is malformed, tampered with or forged. It was rejected and
+  nothing was stored.
+
+Storage failures are :class:`StoreError`; errors of the libraries underneath
+(sqlite3, chromadb, websockets) are translated into these at the boundary, so
+callers never need to import them.
+"""
+
+from __future__ import annotations
+
+
+class ChrysalisError(Exception):
+    """Base class of every error Chrysalis raises."""
+
+
+# --- the caller misused the API -------------------------------------------------
+
+
+class UsageError(ChrysalisError):
+    """The caller asked for something that cannot be done as asked."""
+
+
+class InvalidArgumentError(UsageError, ValueError):
+    """An argument is out of range, of the wrong type or empty."""
+
+
+class UnknownMemoryError(UsageError, LookupError):
+    """No memory with this id exists on this replica (or it was forgotten)."""
+
+    def __init__(self, memory_id: str, *, forgotten: bool = False) -> None:
+        self.memory_id = memory_id
+        self.forgotten = forgotten
+        if forgotten:
+            message = (
+                f"memory {memory_id!r} was forgotten; forgotten memories are kept in the "
+                "op log but can no longer be changed"
+            )
+        else:
+            message = (
+                f"no memory with id {memory_id!r} on this replica; check the id, or "
+                "sync first if another agent created it"
+            )
+        super().__init__(message)
+
+
+class ConfigError(UsageError):
+    """The configuration (arguments or CHRYSALIS_* variables) is invalid."""
+
+
+class ClosedError(UsageError):
+    """The memory was used before ``open()`` or after ``close()``."""
+
+
+# --- something received from elsewhere is bad ----------------------------------
+
+
+class InvalidOpError(ChrysalisError):
+    """An op received from a peer, the hub or a file was rejected.
+
+    ``cid`` is the op's content id when it could be computed, ``index`` its
+    position in the batch that carried it.
+    """
+
+    def __init__(self, message: str, *, cid: str | None = None, index: int | None = None):
+        self.cid = cid
+        self.index = index
+        where = []
+        if index is not None:
+            where.append(f"op #{index}")
+        if cid is not None:
+            where.append(f"cid {cid[:16]}…")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(prefix + message)
+
+
+class MalformedOpError(InvalidOpError):
+    """The bytes are not a well-formed op of a supported format version."""
+
+
+class SignatureError(InvalidOpError):
+    """The op's signature does not verify against the key it names."""
+
+
+class ForgedWriterError(InvalidOpError):
+    """The op claims a writer whose registered key differs from the signing key."""
+
+
+class EquivocationError(InvalidOpError):
+    """Two different ops claim the same (writer, sequence number)."""
+
+
+class ProtocolError(ChrysalisError):
+    """A peer broke the wire protocol (bad message, wrong state, limits)."""
+
+
+# --- storage ------------------------------------------------------------------------
+
+
+class StoreError(ChrysalisError):
+    """The local store failed (disk, permissions, corruption)."""
+
+
+class DataDirLockedError(StoreError):
+    """Another process already owns this agent's data directory."""
+
+
+class KeyMismatchError(StoreError):
+    """The agent's signing key does not match the ops its store says it wrote."""
+
+
+# --- embedders ----------------------------------------------------------------------
+
+
+class EmbedderError(ChrysalisError):
+    """The embedder could not turn text into vectors.
+
+    ``model`` and ``host`` name the embedding model and the service asked (when
+    there is one), so a caller can report them or fall back to another embedder.
+    """
+
+    def __init__(self, message: str, *, model: str | None = None, host: str | None = None):
+        self.model = model
+        self.host = host
+        super().__init__(message)
+
+
+class EmbedderUnavailableError(EmbedderError):
+    """The embedding service (Ollama) could not be reached or did not answer in time."""
+
+
+class EmbeddingModelMissingError(EmbedderError):
+    """The embedding service answered but does not have the model (it was not pulled)."""

@@ -1,0 +1,91 @@
+"""The documents users see: spec §4.1's schema as pydantic models.
+
+These are read-only *views* of a replica's CRDT state (``model.state``); they
+serialise with ``_id`` as in the spec. Change memories through
+:class:`~chrysalis_memory.AgentMemory`, never by editing a view.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SyncStatus(str, Enum):
+    """Where a write stands on its way to the collective (spec §2.4)."""
+
+    LOCAL = "local"
+    """Short-term: kept on this agent only (below the promotion threshold)."""
+    PENDING = "pending"
+    """Queued for the hub."""
+    RETRY = "retry"
+    """A push failed; it will be retried with backoff."""
+    SYNCED = "synced"
+    """Acknowledged by the hub."""
+
+
+class MemoryType(str, Enum):
+    EPISODIC = "episodic"
+    SEMANTIC = "semantic"
+    PROCEDURAL = "procedural"
+
+
+class DocumentType(str, Enum):
+    BEAD = "bead"
+    MEMORY = "memory"
+    EMBEDDING_REF = "embedding_ref"
+    METADATA = "metadata"
+
+
+_VIEW_CONFIG = ConfigDict(
+    frozen=True,
+    populate_by_name=True,
+    serialize_by_alias=True,
+    use_enum_values=False,
+)
+
+
+class MemoryDocument(BaseModel):
+    """One memory, as this replica currently knows it."""
+
+    model_config = _VIEW_CONFIG
+
+    id: str = Field(alias="_id", description="Stable id (a UUID unless the caller chose one).")
+    type: DocumentType = DocumentType.MEMORY
+    content: str
+    embedding_ref: str | None = None
+    memory_type: MemoryType
+    tags: list[str] = Field(default_factory=list, description="Sorted; an OR-Set.")
+    importance: float = Field(ge=0.0, le=1.0, description="Only ever increases.")
+    confidence: float = Field(ge=0.0, le=1.0, description="Only ever increases.")
+    access_count: int = Field(ge=0, description="Sum over agents of their accesses.")
+    source_instance: str = Field(description="The agent that created it.")
+    created_at: float = Field(description="Unix time of the winning creation.")
+    updated_at: float = Field(description="Unix time of the latest op.")
+    version: int = Field(ge=0, description="Number of distinct ops folded into it.")
+    sync_status: SyncStatus = SyncStatus.PENDING
+    related_memories: list[str] = Field(default_factory=list)
+    parent_memories: list[str] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    forgotten: bool = False
+
+
+class EmbeddingDocument(BaseModel):
+    """A vector embedding with provenance (spec §4.1)."""
+
+    model_config = _VIEW_CONFIG
+
+    id: str = Field(alias="_id")
+    type: DocumentType = DocumentType.EMBEDDING_REF
+    text_hash: str = Field(description="SHA-256 (hex) of the embedded text.")
+    vector: list[float]
+    dimensions: int
+    model: str
+    zep_id: str | None = Field(
+        default=None, description="Id in an external vector store, when one is used."
+    )
+    created_at: float
+    sync_status: SyncStatus = SyncStatus.PENDING

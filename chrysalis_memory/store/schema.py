@@ -1,0 +1,73 @@
+"""The SQLite schema of a replica.
+
+``ops`` is the op log: append-only (triggers refuse deletes and changes to an
+op's content; only its sync bookkeeping may change), keyed by CID, with a local
+arrival number (``seqno``) that gives resumable cursors. ``docs`` holds the
+materialised CRDT state of every document, always equal to a replay of
+``ops`` (``verify()`` checks it), plus a few columns copied out of the state
+for filtering (``visibility``: 0 while only ops that precede a memory's
+creation have arrived, 1 live, 2 forgotten). ``writers`` pins each writer id
+to the first public key seen for it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS ops (
+    seqno       INTEGER PRIMARY KEY,
+    cid         TEXT NOT NULL UNIQUE,
+    doc_id      TEXT NOT NULL,
+    writer      TEXT NOT NULL,
+    wseq        INTEGER NOT NULL,
+    hlc_ms      INTEGER NOT NULL,
+    hlc_c       INTEGER NOT NULL,
+    body        BLOB NOT NULL,
+    sync_status TEXT NOT NULL CHECK (sync_status IN ('local', 'pending', 'retry', 'synced')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try_ms INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (writer, wseq)
+);
+CREATE INDEX IF NOT EXISTS ops_by_doc ON ops (doc_id, hlc_ms, hlc_c, writer);
+CREATE INDEX IF NOT EXISTS ops_unsynced ON ops (sync_status, seqno)
+    WHERE sync_status IN ('pending', 'retry');
+
+CREATE TRIGGER IF NOT EXISTS ops_append_only_delete BEFORE DELETE ON ops
+BEGIN
+    SELECT RAISE(ABORT, 'the op log is append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS ops_append_only_update
+BEFORE UPDATE OF cid, doc_id, writer, wseq, hlc_ms, hlc_c, body ON ops
+BEGIN
+    SELECT RAISE(ABORT, 'ops are immutable');
+END;
+
+CREATE TABLE IF NOT EXISTS docs (
+    id          TEXT PRIMARY KEY,
+    doc_type    TEXT NOT NULL,
+    state       BLOB NOT NULL,
+    visibility  INTEGER NOT NULL,  -- 0: not created yet, 1: live, 2: forgotten
+    memory_type TEXT,
+    importance  REAL,
+    source      TEXT,
+    created_ms  INTEGER,
+    updated_ms  INTEGER,
+    tags        TEXT NOT NULL DEFAULT '[]',
+    sync_status TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS docs_listing ON docs (doc_type, visibility, updated_ms);
+
+CREATE TABLE IF NOT EXISTS writers (
+    writer      TEXT PRIMARY KEY,
+    public_key  TEXT NOT NULL,
+    pinned_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
+"""

@@ -1,0 +1,655 @@
+"""The local store: an append-only SQLite op log plus materialised documents.
+
+One :class:`OpStore` owns one database file through one aiosqlite
+connection. Every write is one transaction that appends the op(s) *and*
+rewrites the affected documents' state, so after a crash at any instant the
+materialised state still equals a replay of the op log.
+
+Durability (``PRAGMA synchronous`` in WAL mode):
+
+* ``normal`` — a committed write survives the process being killed (kill -9,
+  OOM, a crash); the last few writes may be lost if the *machine* loses power,
+  but the database is never corrupted.
+* ``full`` — a committed write also survives power loss: an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import aiosqlite
+import msgspec
+
+from chrysalis_memory.crdt.hlc import HLC
+from chrysalis_memory.errors import (
+    ClosedError,
+    EquivocationError,
+    ForgedWriterError,
+    StoreError,
+)
+from chrysalis_memory.model.document import SyncStatus
+from chrysalis_memory.model.ops import Op, decode_op
+from chrysalis_memory.model.state import DocState, MemoryState, decode_state, new_state
+from chrysalis_memory.store.schema import SCHEMA, SCHEMA_VERSION
+
+Durability = Literal["normal", "full"]
+
+_STATUS_RANK: Final = {
+    SyncStatus.SYNCED: 0,
+    SyncStatus.PENDING: 1,
+    SyncStatus.RETRY: 2,
+    SyncStatus.LOCAL: 3,
+}
+_RANK_SQL: Final = (
+    "MAX(CASE sync_status WHEN 'synced' THEN 0 WHEN 'pending' THEN 1 "
+    "WHEN 'retry' THEN 2 ELSE 3 END)"
+)
+_BY_RANK: Final = {rank: status for status, rank in _STATUS_RANK.items()}
+_CHUNK: Final = 500  # rows per IN (...) query, well under SQLite's variable limit
+_TAGS: Final = msgspec.json.Encoder(order="sorted")
+
+
+def combine_status(a: SyncStatus, b: SyncStatus) -> SyncStatus:
+    """A document is as unsynced as its least synced op."""
+    return a if _STATUS_RANK[a] >= _STATUS_RANK[b] else b
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn sqlite3 errors into :class:`StoreError` saying what we were doing."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"local store failed while {action}: {exc}") from exc
+
+
+def _op_row(op: Op, status: SyncStatus) -> tuple[Any, ...]:
+    return (op.cid, op.doc, op.writer, op.seq, op.hlc[0], op.hlc[1], op.encoded, status.value)
+
+
+def _doc_row(state: DocState, status: SyncStatus) -> tuple[Any, ...]:
+    if isinstance(state, MemoryState):
+        created = state.created.value
+        visibility = 0 if not state.exists else 2 if state.is_forgotten else 1
+        return (
+            state.id,
+            "memory",
+            state.encode(),
+            visibility,
+            state.memory_type.value,
+            state.importance.value,
+            None if created is None else created[0].writer,
+            None if created is None else created[0].wall_ms,
+            state.updated_ms.value,
+            _TAGS.encode(sorted(state.tags.value)).decode(),
+            status.value,
+        )
+    return (
+        state.id,
+        "embedding",
+        state.encode(),
+        1 if state.exists else 0,
+        None,
+        None,
+        None,
+        state.created.value,
+        state.created.value,
+        "[]",
+        status.value,
+    )
+
+
+_INSERT_OP: Final = (
+    "INSERT INTO ops (cid, doc_id, writer, wseq, hlc_ms, hlc_c, body, sync_status) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_DOC: Final = (
+    "INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, source, "
+    "created_ms, updated_ms, tags, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, visibility = excluded.visibility, "
+    "memory_type = excluded.memory_type, importance = excluded.importance, "
+    "source = excluded.source, created_ms = excluded.created_ms, "
+    "updated_ms = excluded.updated_ms, tags = excluded.tags, sync_status = excluded.sync_status"
+)
+
+
+class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of :meth:`OpStore.list_memories` (all optional, combined with AND)."""
+
+    memory_type: str | None = None
+    tags: tuple[str, ...] = ()
+    source: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    include_forgotten: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
+class OpStore:
+    """A replica's op log and materialised documents in one SQLite file.
+
+    ``path=None`` keeps everything in memory (nothing survives ``close``).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        durability: Durability = "normal",
+        read_only: bool = False,
+        cache_size: int = 4096,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.read_only = read_only
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[DocState, SyncStatus]] = OrderedDict()
+        self._db: aiosqlite.Connection | None = None
+        # One connection: the lock keeps a transaction's statements together and
+        # keeps readers from seeing a transaction that might still roll back.
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.path is None:
+            target, uri = ":memory:", False
+        elif self.read_only:
+            if not self.path.exists():
+                raise StoreError(f"no store at {self.path}")
+            target, uri = f"file:{self.path}?mode=ro", True
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target, uri = str(self.path), False
+        with _translated(f"opening {target}"):
+            self._db = await aiosqlite.connect(target, uri=uri)
+            if not self.read_only:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+                sync = "FULL" if self.durability == "full" else "NORMAL"
+                await self._db.execute(f"PRAGMA synchronous = {sync}")
+                await self._db.executescript(SCHEMA)
+                await self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                await self._db.commit()
+            await self._db.execute("PRAGMA busy_timeout = 5000")
+            rows = await self._db.execute_fetchall(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            )
+        version = int(next(iter(rows))[0]) if rows else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            await self.close()
+            raise StoreError(
+                f"{self.path} was written by a newer Chrysalis (schema {version}, this "
+                f"version reads up to {SCHEMA_VERSION}); upgrade chrysalis-memory"
+            )
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+        self._cache.clear()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise ClosedError("the store is not open")
+        return self._db
+
+    # --- the document cache --------------------------------------------------------
+
+    def _cache_put(self, doc_id: str, entry: tuple[DocState, SyncStatus]) -> None:
+        self._cache[doc_id] = entry
+        self._cache.move_to_end(doc_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _load_states(self, doc_ids: Iterable[str]) -> dict[str, tuple[DocState, SyncStatus]]:
+        """Current states of the given documents, from the cache or the database.
+
+        Callers hold the lock. Loaded entries are *removed* from the cache: the
+        caller mutates them and puts them back only after its commit succeeds.
+        """
+        found: dict[str, tuple[DocState, SyncStatus]] = {}
+        missing: list[str] = []
+        for doc_id in dict.fromkeys(doc_ids):
+            entry = self._cache.pop(doc_id, None)
+            if entry is None:
+                missing.append(doc_id)
+            else:
+                found[doc_id] = entry
+        for chunk in _chunks(missing):
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.execute_fetchall(
+                f"SELECT id, doc_type, state, sync_status FROM docs WHERE id IN ({marks})",
+                chunk,
+            )
+            for doc_id, doc_type, blob, status in rows:
+                found[doc_id] = (decode_state(blob, doc_type), SyncStatus(status))
+        return found
+
+    def release(self, doc_id: str, entry: tuple[DocState, SyncStatus]) -> None:
+        """Return an unchanged checked-out document to the cache."""
+        self._cache_put(doc_id, entry)
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def get_state(self, doc_id: str) -> tuple[DocState, SyncStatus] | None:
+        """A document's current state and sync status, or None if unknown.
+
+        The returned state is shared with the cache: read it, never mutate it
+        (writers use :meth:`checkout`).
+        """
+        entry = self._cache.get(doc_id)
+        if entry is not None:
+            self._cache.move_to_end(doc_id)
+            return entry
+        async with self._lock:
+            with _translated("reading a document"):
+                entry = (await self._load_states([doc_id])).get(doc_id)
+            if entry is not None:
+                self._cache_put(doc_id, entry)
+        return entry
+
+    async def checkout(self, doc_id: str) -> tuple[DocState, SyncStatus] | None:
+        """A document's state for a writer to change and pass to :meth:`append_local`.
+
+        It leaves the cache until the write commits, so readers never see a
+        change that might still roll back.
+        """
+        async with self._lock:
+            with _translated("reading a document"):
+                return (await self._load_states([doc_id])).get(doc_id)
+
+    async def list_memories(self, query: ListQuery) -> list[tuple[MemoryState, SyncStatus]]:
+        """Memories matching ``query``, most recently updated first."""
+        clauses = ["doc_type = 'memory'"]
+        params: list[Any] = []
+        clauses.append("visibility IN (1, 2)" if query.include_forgotten else "visibility = 1")
+        if query.memory_type is not None:
+            clauses.append("memory_type = ?")
+            params.append(query.memory_type)
+        if query.source is not None:
+            clauses.append("source = ?")
+            params.append(query.source)
+        if query.since_ms is not None:
+            clauses.append("updated_ms >= ?")
+            params.append(query.since_ms)
+        if query.until_ms is not None:
+            clauses.append("updated_ms <= ?")
+            params.append(query.until_ms)
+        for tag in query.tags:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(docs.tags) WHERE value = ?)")
+            params.append(tag)
+        sql = (
+            f"SELECT id, state, sync_status FROM docs WHERE {' AND '.join(clauses)} "
+            "ORDER BY updated_ms DESC, id LIMIT ? OFFSET ?"
+        )
+        params += [query.limit, query.offset]
+        async with self._lock:
+            with _translated("listing memories"):
+                rows = await self.db.execute_fetchall(sql, params)
+        result: list[tuple[MemoryState, SyncStatus]] = []
+        for doc_id, blob, status in rows:
+            cached = self._cache.get(doc_id)
+            state = cached[0] if cached else decode_state(blob, "memory")
+            assert isinstance(state, MemoryState)
+            result.append((state, SyncStatus(status)))
+        return result
+
+    async def ops_of(self, doc_id: str) -> list[Op]:
+        """A document's ops in (HLC, writer) order: its history, oldest first."""
+        async with self._lock:
+            with _translated("reading a history"):
+                rows = await self.db.execute_fetchall(
+                    "SELECT body FROM ops WHERE doc_id = ? ORDER BY hlc_ms, hlc_c, writer, cid",
+                    (doc_id,),
+                )
+        return [decode_op(body) for (body,) in rows]
+
+    async def iter_ops(
+        self, *, after: int = 0, batch: int = 1000, statuses: Sequence[SyncStatus] = ()
+    ) -> AsyncIterator[tuple[int, Op, SyncStatus]]:
+        """Every op, in local arrival order, as ``(seqno, op, status)``.
+
+        ``after`` resumes from a previous ``seqno``; ``statuses`` filters.
+        """
+        where = ""
+        extra: list[Any] = []
+        if statuses:
+            where = f" AND sync_status IN ({','.join('?' * len(statuses))})"
+            extra = [s.value for s in statuses]
+        while True:
+            async with self._lock:
+                with _translated("reading the op log"):
+                    rows = await self.db.execute_fetchall(
+                        "SELECT seqno, body, sync_status FROM ops WHERE seqno > ?"
+                        f"{where} ORDER BY seqno LIMIT ?",
+                        [after, *extra, batch],
+                    )
+            if not rows:
+                return
+            for seqno, body, status in rows:
+                yield seqno, decode_op(body), SyncStatus(status)
+            after = rows[-1][0]  # type: ignore[index]
+
+    async def known_cids(self, cids: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        async with self._lock:
+            with _translated("looking up ops"):
+                for chunk in _chunks(cids):
+                    rows = await self.db.execute_fetchall(
+                        f"SELECT cid FROM ops WHERE cid IN ({','.join('?' * len(chunk))})", chunk
+                    )
+                    known.update(cid for (cid,) in rows)
+        return known
+
+    async def writer_keys(self, writers: Iterable[str]) -> dict[str, str]:
+        """Pinned public keys of the given writers (those that have one)."""
+        names = list(dict.fromkeys(writers))
+        keys: dict[str, str] = {}
+        async with self._lock:
+            with _translated("reading writer keys"):
+                for chunk in _chunks(names):
+                    rows = await self.db.execute_fetchall(
+                        "SELECT writer, public_key FROM writers "
+                        f"WHERE writer IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                    keys.update((w, k) for w, k in rows)
+        return keys
+
+    async def pin_writer_key(self, writer: str, public_key: str) -> None:
+        """Pin ``writer`` to ``public_key``, or raise if it is pinned to another key."""
+        async with self._lock:
+            with _translated("pinning a writer key"):
+                await self._check_and_pin({writer: public_key})
+                await self.db.commit()
+
+    async def last_seq(self, writer: str) -> int:
+        async with self._lock:
+            with _translated("reading sequence numbers"):
+                rows = await self.db.execute_fetchall(
+                    "SELECT COALESCE(MAX(wseq), 0) FROM ops WHERE writer = ?", (writer,)
+                )
+        return int(next(iter(rows))[0])
+
+    async def max_hlc(self) -> HLC:
+        """The greatest timestamp in the log: a restarted clock must not go below it."""
+        async with self._lock:
+            with _translated("reading timestamps"):
+                rows = list(
+                    await self.db.execute_fetchall(
+                        "SELECT hlc_ms, hlc_c FROM ops ORDER BY hlc_ms DESC, hlc_c DESC LIMIT 1"
+                    )
+                )
+        return HLC(*rows[0]) if rows else HLC(0, 0)
+
+    async def state_root(self) -> str:
+        """SHA-256 over the sorted CIDs of every op held: equal on equal op sets."""
+        digest = hashlib.sha256()
+        async with self._lock:
+            with _translated("hashing the op log"):
+                async with self.db.execute("SELECT cid FROM ops ORDER BY cid") as cursor:
+                    while rows := await cursor.fetchmany(4096):
+                        digest.update("".join(cid for (cid,) in rows).encode("ascii"))
+        return digest.hexdigest()
+
+    async def counts(self) -> dict[str, int]:
+        """Sizes for status displays: ops by sync status and documents by visibility."""
+        async with self._lock:
+            with _translated("counting"):
+                by_status = await self.db.execute_fetchall(
+                    "SELECT sync_status, COUNT(*) FROM ops GROUP BY sync_status"
+                )
+                by_doc = await self.db.execute_fetchall(
+                    "SELECT doc_type, visibility, COUNT(*) FROM docs GROUP BY doc_type, visibility"
+                )
+                writers = await self.db.execute_fetchall("SELECT COUNT(*) FROM writers")
+        result = {f"ops_{s.value}": 0 for s in SyncStatus}
+        result.update({f"ops_{status}": n for status, n in by_status})
+        result["ops"] = sum(n for _, n in by_status)
+        names = {0: "incomplete", 1: "live", 2: "forgotten"}
+        result.update(memories_live=0, memories_forgotten=0, memories_incomplete=0, embeddings=0)
+        for doc_type, visibility, n in by_doc:
+            if doc_type == "memory":
+                result[f"memories_{names[visibility]}"] = n
+            else:
+                result["embeddings"] += n
+        result["writers"] = int(next(iter(writers))[0])
+        return result
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def _check_and_pin(self, keys: dict[str, str]) -> None:
+        """Check writers against pinned keys and pin new ones (inside a transaction)."""
+        pinned: dict[str, str] = {}
+        names = list(keys)
+        for chunk in _chunks(names):
+            rows = await self.db.execute_fetchall(
+                "SELECT writer, public_key FROM writers "
+                f"WHERE writer IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            pinned.update((w, k) for w, k in rows)
+        for writer, key in keys.items():
+            if pinned.get(writer, key) != key:
+                raise ForgedWriterError(
+                    f"writer {writer!r} is pinned to another public key: the op was signed "
+                    "by someone else claiming to be that agent"
+                )
+        new = [(w, k, int(time.time() * 1000)) for w, k in keys.items() if w not in pinned]
+        if new:
+            await self.db.executemany(
+                "INSERT INTO writers (writer, public_key, pinned_ms) VALUES (?, ?, ?)", new
+            )
+
+    async def append_local(
+        self,
+        op: Op,
+        state: DocState,
+        status: SyncStatus,
+        *,
+        previous: SyncStatus | None = None,
+        promote: bool = False,
+    ) -> SyncStatus:
+        """Persist one op written here together with its document's new state.
+
+        ``state`` already has ``op`` folded in (from :meth:`checkout`, or new).
+        ``status`` is the op's sync status and ``previous`` the document's before
+        it (None for a new document); ``promote`` re-queues the document's
+        short-term (``local``) ops for sync in the same transaction. Returns the
+        document's new sync status.
+        """
+        doc_status = status if previous is None or promote else combine_status(previous, status)
+        async with self._lock:
+            with _translated("writing an op"):
+                try:
+                    await self.db.execute(_INSERT_OP, _op_row(op, status))
+                    if promote:
+                        await self.db.execute(
+                            "UPDATE ops SET sync_status = 'pending' "
+                            "WHERE doc_id = ? AND sync_status = 'local'",
+                            (op.doc,),
+                        )
+                    await self.db.execute(_UPSERT_DOC, _doc_row(state, doc_status))
+                    await self.db.commit()
+                except BaseException:
+                    await self._rollback()
+                    raise
+            self._cache_put(op.doc, (state, doc_status))
+        return doc_status
+
+    async def ingest(self, ops: Sequence[Op], status: SyncStatus) -> list[Op]:
+        """Store verified ops received from elsewhere; returns the ones that were new.
+
+        All or nothing: a forged writer or an equivocating op rejects the batch
+        before anything is written.
+        """
+        unique = list({op.cid: op for op in ops}.values())
+        if not unique:
+            return []
+        async with self._lock:
+            with _translated("ingesting ops"):
+                new = await self._new_ops(unique)
+                if not new:
+                    return []
+                await self._check_equivocation(new)
+                loaded = await self._load_states(op.doc for op in new)
+                try:
+                    await self._check_and_pin({op.writer: op.key for op in new})
+                    await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
+                    touched: dict[str, tuple[DocState, SyncStatus]] = {}
+                    for op in new:
+                        state, doc_status = touched.get(op.doc) or loaded.get(
+                            op.doc, (new_state(op.doc, op.doc_type), status)
+                        )
+                        state.apply(op)
+                        touched[op.doc] = (state, combine_status(doc_status, status))
+                    await self.db.executemany(
+                        _UPSERT_DOC, [_doc_row(s, st) for s, st in touched.values()]
+                    )
+                    await self.db.commit()
+                except BaseException:
+                    await self._rollback()
+                    raise
+            for doc_id, entry in touched.items():
+                self._cache_put(doc_id, entry)
+        return new
+
+    async def _new_ops(self, ops: list[Op]) -> list[Op]:
+        known: set[str] = set()
+        for chunk in _chunks([op.cid for op in ops]):
+            rows = await self.db.execute_fetchall(
+                f"SELECT cid FROM ops WHERE cid IN ({','.join('?' * len(chunk))})", chunk
+            )
+            known.update(cid for (cid,) in rows)
+        return [op for op in ops if op.cid not in known]
+
+    async def _check_equivocation(self, ops: list[Op]) -> None:
+        """Reject two different ops claiming one (writer, seq), in the batch or stored."""
+        claimed: dict[tuple[str, int], str] = {}
+        for op in ops:
+            other = claimed.setdefault((op.writer, op.seq), op.cid)
+            if other != op.cid:
+                raise _equivocation(op)
+        for chunk in _chunks(ops, _CHUNK // 2):
+            values = ",".join(["(?, ?)"] * len(chunk))
+            params = [x for op in chunk for x in (op.writer, op.seq)]
+            rows = await self.db.execute_fetchall(
+                f"SELECT writer, wseq, cid FROM ops WHERE (writer, wseq) IN (VALUES {values})",
+                params,
+            )
+            for writer, seq, cid in rows:
+                if claimed[(writer, seq)] != cid:
+                    raise _equivocation(
+                        next(op for op in chunk if op.cid == claimed[(writer, seq)])
+                    )
+
+    async def _rollback(self) -> None:
+        # If even the rollback fails the connection is unusable; the error being
+        # propagated already says why.
+        with suppress(sqlite3.Error):
+            await self.db.rollback()
+
+    async def set_status(self, cids: Sequence[str], status: SyncStatus) -> None:
+        """Move ops to ``status`` (e.g. synced on the hub's ack) and update their documents."""
+        async with self._lock:
+            with _translated("updating sync status"):
+                try:
+                    for chunk in _chunks(cids):
+                        marks = ",".join("?" * len(chunk))
+                        await self.db.execute(
+                            f"UPDATE ops SET sync_status = ?, "
+                            f"attempts = CASE WHEN ? = 'retry' THEN attempts + 1 ELSE attempts END "
+                            f"WHERE cid IN ({marks})",
+                            [status.value, status.value, *chunk],
+                        )
+                        await self.db.execute(
+                            f"UPDATE docs SET sync_status = (SELECT CASE {_RANK_SQL} "
+                            "WHEN 0 THEN 'synced' WHEN 1 THEN 'pending' WHEN 2 THEN 'retry' "
+                            "ELSE 'local' END FROM ops WHERE ops.doc_id = docs.id) "
+                            f"WHERE id IN (SELECT doc_id FROM ops WHERE cid IN ({marks}))",
+                            chunk,
+                        )
+                    await self.db.commit()
+                except BaseException:
+                    await self._rollback()
+                    raise
+        self._cache.clear()  # statuses of cached documents may have changed
+
+    async def sync_attempts(self, cids: Sequence[str]) -> dict[str, int]:
+        """How many failed pushes each op has had (for backoff)."""
+        result: dict[str, int] = {}
+        async with self._lock:
+            with _translated("reading sync attempts"):
+                for chunk in _chunks(cids):
+                    marks = ",".join("?" * len(chunk))
+                    rows = await self.db.execute_fetchall(
+                        f"SELECT cid, attempts FROM ops WHERE cid IN ({marks})", chunk
+                    )
+                    result.update((c, n) for c, n in rows)
+        return result
+
+    # --- integrity ------------------------------------------------------------------------
+
+    async def integrity_problems(self) -> list[str]:
+        """SQLite's own quick check of the database file."""
+        async with self._lock:
+            with _translated("checking integrity"):
+                rows = await self.db.execute_fetchall("PRAGMA quick_check")
+        return [str(msg) for (msg,) in rows if msg != "ok"]
+
+    async def iter_stored(self, batch: int = 2000) -> AsyncIterator[list[tuple[str, bytes, str]]]:
+        """Raw ``(cid, body, writer)`` rows of the op log, for verification."""
+        after = 0
+        while True:
+            async with self._lock:
+                with _translated("reading the op log"):
+                    rows = list(
+                        await self.db.execute_fetchall(
+                            "SELECT seqno, cid, body, writer FROM ops WHERE seqno > ? "
+                            "ORDER BY seqno LIMIT ?",
+                            (after, batch),
+                        )
+                    )
+            if not rows:
+                return
+            yield [(cid, body, writer) for _, cid, body, writer in rows]
+            after = rows[-1][0]
+
+    async def stored_states(self) -> dict[str, tuple[str, bytes]]:
+        """Every document's stored ``(doc_type, state bytes)``."""
+        async with self._lock:
+            with _translated("reading documents"):
+                rows = await self.db.execute_fetchall("SELECT id, doc_type, state FROM docs")
+        return {doc_id: (doc_type, blob) for doc_id, doc_type, blob in rows}
+
+    async def all_writer_keys(self) -> dict[str, str]:
+        async with self._lock:
+            with _translated("reading writer keys"):
+                rows = await self.db.execute_fetchall("SELECT writer, public_key FROM writers")
+        return {str(writer): str(key) for writer, key in rows}
+
+
+def _equivocation(op: Op) -> EquivocationError:
+    return EquivocationError(
+        f"writer {op.writer!r} already has a different op with sequence number {op.seq}: "
+        "two histories for one agent (was its data dir wiped and reused?)",
+        cid=op.cid,
+    )
