@@ -88,7 +88,9 @@ class GossipConfig(_EnvConfig):
     anti_entropy_enabled: bool = Field(
         default=True, description="Periodically reconcile with one random peer."
     )
-    anti_entropy_interval_ms: int = Field(default=5000, ge=100)
+    anti_entropy_interval_ms: int = Field(
+        default=5000, ge=100, description="Time between anti-entropy reconciliations."
+    )
     listen_host: str = Field(default="127.0.0.1", description="Address peers connect to.")
     listen_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
     seeds: list[str] = Field(
@@ -122,22 +124,32 @@ class HubConfig(_EnvConfig):
     )
 
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
-    websocket_port: int = Field(default=4444, ge=0, le=65535)
+    websocket_port: int = Field(default=4444, ge=0, le=65535, description="Agents connect here.")
     http_port: int = Field(default=8082, ge=0, le=65535, description="/health and /metrics.")
-    data_dir: Path = Field(default=Path("./data/hub"))
+    data_dir: Path = Field(default=Path("./data/hub"), description="The hub's own store.")
     collective_db_path: Path | None = Field(
         default=None, description="Defaults to DATA_DIR/collective.db."
     )
     tokens_file: Path | None = Field(default=None, description="Hashed agent tokens.")
-    vector_index_type: Literal["hnsw", "flat"] = "hnsw"
+    vector_index_type: Literal["hnsw", "flat"] = Field(
+        default="hnsw", description="Collective vector index."
+    )
     vector_dimensions: int = Field(default=768, ge=1, description="768 for nomic-embed-text.")
-    max_connections_per_agent: int = Field(default=2, ge=1)
-    max_connections: int = Field(default=1000, ge=1)
-    sync_batch_size: int = Field(default=100, ge=1, le=10_000)
-    max_message_bytes: int = Field(default=4 << 20, ge=1024)
-    conflict_resolution: Literal["crdt"] = "crdt"
-    sharding_enabled: bool = False
-    shard_count: int = Field(default=1, ge=1)
+    max_connections_per_agent: int = Field(
+        default=2, ge=1, description="Simultaneous connections one agent may hold."
+    )
+    max_connections: int = Field(default=1000, ge=1, description="Connections in total.")
+    sync_batch_size: int = Field(
+        default=100, ge=1, le=10_000, description="Ops per message the hub sends."
+    )
+    max_message_bytes: int = Field(
+        default=4 << 20, ge=1024, description="Larger messages are refused with an error."
+    )
+    conflict_resolution: Literal["crdt"] = Field(
+        default="crdt", description="Always CRDT merge: there is nothing to configure."
+    )
+    sharding_enabled: bool = Field(default=False, description="Reserved: one shard today.")
+    shard_count: int = Field(default=1, ge=1, description="Reserved: one shard today.")
 
     @property
     def db_path(self) -> Path:
@@ -187,24 +199,44 @@ class AgentMemoryConfig(_EnvConfig):
     )
 
     # sync
-    sync_enabled: bool = True
-    sync_interval_s: float = Field(default=60.0, gt=0)
-    sync_batch_size: int = Field(default=100, ge=1, le=10_000)
+    sync_enabled: bool = Field(default=True, description="Sync with the hub when hub_url is set.")
+    sync_interval_s: float = Field(
+        default=60.0, gt=0, description="Seconds between background sync rounds."
+    )
+    sync_batch_size: int = Field(default=100, ge=1, le=10_000, description="Ops per push message.")
     hub_url: str | None = Field(default=None, description="ws://host:port of the sync hub.")
     hub_token: SecretStr | None = Field(default=None, description="From `chrysalis token create`.")
 
     # promotion (short-term -> long-term)
-    promotion_enabled: bool = True
-    promotion_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    promotion_enabled: bool = Field(
+        default=True,
+        description="Keep memories below promotion_threshold on this agent (short-term).",
+    )
+    promotion_threshold: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="Importance at which a memory becomes long-term and is shared.",
+    )
 
     # vector caching and embeddings
-    local_vector_cache: bool = True
-    vector_cache_threshold_bytes: int = Field(default=10240, ge=0)
-    embedder: EmbedderChoice = "auto"
-    embedding_model: str = "nomic-embed-text"
-    ollama_host: str | None = None
+    local_vector_cache: bool = Field(
+        default=True, description="Keep a local Chroma vector cache for recall."
+    )
+    vector_cache_threshold_bytes: int = Field(
+        default=10240, ge=0, description="Vectors larger than this stay with the hub only."
+    )
+    embedder: EmbedderChoice = Field(
+        default="auto", description="auto: Ollama when it answers, else the offline embedder."
+    )
+    embedding_model: str = Field(default="nomic-embed-text", description="Ollama model name.")
+    ollama_host: str | None = Field(
+        default=None, description="Ollama URL; defaults to http://127.0.0.1:11434."
+    )
 
-    gossip: GossipConfig = Field(default_factory=GossipConfig)
+    gossip: GossipConfig = Field(
+        default_factory=GossipConfig, description="Peer-to-peer settings (below)."
+    )
 
     @field_validator("hub_url")
     @classmethod

@@ -201,6 +201,8 @@ def decode_op(data: bytes | str | Mapping[str, Any] | Op, *, index: int | None =
         raise MalformedOpError(f"invalid op: {exc}", index=index) from None
     except msgspec.DecodeError as exc:
         raise MalformedOpError(f"op is not valid JSON: {exc}", index=index) from None
+    except UnicodeDecodeError as exc:  # msgspec raises it for bad UTF-8 in object keys
+        raise MalformedOpError(f"op is not valid UTF-8: {exc}", index=index) from None
     if canonical_only and op.encoded != raw:
         raise MalformedOpError(
             "op is not canonically encoded (sorted keys, no whitespace, shortest "

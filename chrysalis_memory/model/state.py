@@ -61,7 +61,7 @@ class MemoryState:
         "referenced",
         "related_memories",
         "tags",
-        "updated_ms",
+        "updated",
     )
 
     doc_type: Final = "memory"
@@ -81,7 +81,7 @@ class MemoryState:
         self.evidence: GSet[str] = GSet()
         self.related_memories: GSet[str] = GSet()
         self.parent_memories: GSet[str] = GSet()
-        self.updated_ms: MaxRegister[int] = MaxRegister()
+        self.updated: MaxRegister[Stamp] = MaxRegister()
         self.ops: GSet[str] = GSet()
         self.referenced: GSet[str] = GSet()
 
@@ -96,7 +96,7 @@ class MemoryState:
             return False
         self.referenced.update(op.parents)
         stamp = Stamp(op.hlc[0], op.hlc[1], op.writer)
-        self.updated_ms.offer(stamp.wall_ms)
+        self.updated.offer(stamp)
         patch = op.patch
         assert isinstance(patch, MemoryPatch)
         if patch.create is not UNSET:
@@ -205,7 +205,7 @@ class MemoryState:
             access_count=self.access.value,
             source_instance=created_stamp.writer,
             created_at=created_stamp.wall_ms / 1000,
-            updated_at=(self.updated_ms.value or created_stamp.wall_ms) / 1000,
+            updated_at=(self.updated.value or created_stamp).wall_ms / 1000,
             version=self.version,
             sync_status=sync_status,
             related_memories=sorted(self.related_memories),
@@ -240,7 +240,7 @@ class MemoryState:
             "evidence": sorted(self.evidence),
             "related_memories": sorted(self.related_memories),
             "parent_memories": sorted(self.parent_memories),
-            "updated_ms": self.updated_ms.value,
+            "updated": None if self.updated.value is None else list(self.updated.value),
             "ops": sorted(self.ops),
             "referenced": sorted(self.referenced),
         }
@@ -273,7 +273,8 @@ class MemoryState:
         state.evidence = GSet(record["evidence"])
         state.related_memories = GSet(record["related_memories"])
         state.parent_memories = GSet(record["parent_memories"])
-        state.updated_ms = MaxRegister(record["updated_ms"])
+        updated = record["updated"]
+        state.updated = MaxRegister(None if updated is None else Stamp(*updated))
         state.ops = GSet(record["ops"])
         state.referenced = GSet(record["referenced"])
         return state

@@ -60,10 +60,11 @@ CREATE TABLE IF NOT EXISTS docs (
     source      TEXT,
     created_ms  INTEGER,
     updated_ms  INTEGER,
+    updated_c   INTEGER,
     tags        TEXT NOT NULL DEFAULT '[]',
     sync_status TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS docs_listing ON docs (doc_type, visibility, updated_ms);
+CREATE INDEX IF NOT EXISTS docs_listing ON docs (doc_type, visibility, updated_ms, updated_c);
 
 CREATE TABLE IF NOT EXISTS writers (
     writer      TEXT PRIMARY KEY,

@@ -93,7 +93,8 @@ def _doc_row(state: DocState, status: SyncStatus) -> tuple[Any, ...]:
             state.importance.value,
             None if created is None else created[0].writer,
             None if created is None else created[0].wall_ms,
-            state.updated_ms.value,
+            None if state.updated.value is None else state.updated.value.wall_ms,
+            None if state.updated.value is None else state.updated.value.counter,
             _TAGS.encode(sorted(state.tags.value)).decode(),
             status.value,
         )
@@ -107,6 +108,7 @@ def _doc_row(state: DocState, status: SyncStatus) -> tuple[Any, ...]:
         None,
         state.created.value,
         state.created.value,
+        0,
         "[]",
         status.value,
     )
@@ -118,11 +120,13 @@ _INSERT_OP: Final = (
 )
 _UPSERT_DOC: Final = (
     "INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, source, "
-    "created_ms, updated_ms, tags, sync_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "created_ms, updated_ms, updated_c, tags, sync_status) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET state = excluded.state, visibility = excluded.visibility, "
     "memory_type = excluded.memory_type, importance = excluded.importance, "
     "source = excluded.source, created_ms = excluded.created_ms, "
-    "updated_ms = excluded.updated_ms, tags = excluded.tags, sync_status = excluded.sync_status"
+    "updated_ms = excluded.updated_ms, updated_c = excluded.updated_c, tags = excluded.tags, "
+    "sync_status = excluded.sync_status"
 )
 
 
@@ -298,7 +302,7 @@ class OpStore:
             params.append(tag)
         sql = (
             f"SELECT id, state, sync_status FROM docs WHERE {' AND '.join(clauses)} "
-            "ORDER BY updated_ms DESC, id LIMIT ? OFFSET ?"
+            "ORDER BY updated_ms DESC, updated_c DESC, id LIMIT ? OFFSET ?"
         )
         params += [query.limit, query.offset]
         async with self._lock:
@@ -378,7 +382,7 @@ class OpStore:
         """Pin ``writer`` to ``public_key``, or raise if it is pinned to another key."""
         async with self._lock:
             with _translated("pinning a writer key"):
-                await self._check_and_pin({writer: public_key})
+                await self._pin(await self._unpinned({writer: public_key}))
                 await self.db.commit()
 
     async def last_seq(self, writer: str) -> int:
@@ -436,11 +440,10 @@ class OpStore:
 
     # --- writes -----------------------------------------------------------------------
 
-    async def _check_and_pin(self, keys: dict[str, str]) -> None:
-        """Check writers against pinned keys and pin new ones (inside a transaction)."""
+    async def _unpinned(self, keys: dict[str, str]) -> list[tuple[str, str]]:
+        """Check writers against their pinned keys; returns the writers not yet pinned."""
         pinned: dict[str, str] = {}
-        names = list(keys)
-        for chunk in _chunks(names):
+        for chunk in _chunks(list(keys)):
             rows = await self.db.execute_fetchall(
                 "SELECT writer, public_key FROM writers "
                 f"WHERE writer IN ({','.join('?' * len(chunk))})",
@@ -453,11 +456,14 @@ class OpStore:
                     f"writer {writer!r} is pinned to another public key: the op was signed "
                     "by someone else claiming to be that agent"
                 )
-        new = [(w, k, int(time.time() * 1000)) for w, k in keys.items() if w not in pinned]
-        if new:
-            await self.db.executemany(
-                "INSERT INTO writers (writer, public_key, pinned_ms) VALUES (?, ?, ?)", new
-            )
+        return [(w, k) for w, k in keys.items() if w not in pinned]
+
+    async def _pin(self, new: list[tuple[str, str]]) -> None:
+        now = int(time.time() * 1000)
+        await self.db.executemany(
+            "INSERT INTO writers (writer, public_key, pinned_ms) VALUES (?, ?, ?)",
+            [(w, k, now) for w, k in new],
+        )
 
     async def append_local(
         self,
@@ -509,10 +515,18 @@ class OpStore:
                 new = await self._new_ops(unique)
                 if not new:
                     return []
+                keys: dict[str, str] = {}
+                for op in new:
+                    if keys.setdefault(op.writer, op.key) != op.key:
+                        raise ForgedWriterError(
+                            f"ops claiming writer {op.writer!r} are signed by different keys",
+                            cid=op.cid,
+                        )
+                unpinned = await self._unpinned(keys)
                 await self._check_equivocation(new)
                 loaded = await self._load_states(op.doc for op in new)
                 try:
-                    await self._check_and_pin({op.writer: op.key for op in new})
+                    await self._pin(unpinned)
                     await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
                     touched: dict[str, tuple[DocState, SyncStatus]] = {}
                     for op in new:
