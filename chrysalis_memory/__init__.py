@@ -5,6 +5,7 @@ every field of every memory is a CRDT, so replicas merge without locks or
 coordination and converge to the same state.
 """
 
+from chrysalis_memory.blocking import BlockingAgentMemory
 from chrysalis_memory.config import AgentMemoryConfig, GossipConfig, HubConfig
 from chrysalis_memory.errors import ChrysalisError
 from chrysalis_memory.memory import AgentMemory, VerifyReport
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentMemory",
     "AgentMemoryConfig",
+    "BlockingAgentMemory",
     "ChrysalisError",
     "DocumentType",
     "EmbeddingDocument",
