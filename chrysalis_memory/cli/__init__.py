@@ -1,0 +1,1 @@
+"""The ``chrysalis`` command line (see ``chrysalis --help``)."""

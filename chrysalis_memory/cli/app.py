@@ -1,0 +1,174 @@
+"""``chrysalis``: inspect, verify and benchmark Chrysalis replicas.
+
+Each command has ``--help``; the ones that measure or inspect take ``--json``
+for machine-readable output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chrysalis_memory import __version__
+from chrysalis_memory.cli.bench import bench
+from chrysalis_memory.cli.demo import demo
+from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
+from chrysalis_memory.errors import ChrysalisError
+from chrysalis_memory.memory import verify_store
+from chrysalis_memory.store import OpStore
+from chrysalis_memory.verifier import SignatureVerifier
+
+app = typer.Typer(
+    name="chrysalis",
+    help="Collective, conflict-free memory for AI agents.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"chrysalis-memory {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Collective, conflict-free memory for AI agents."""
+
+
+def find_agents(data_dir: Path, agent_id: str | None) -> list[tuple[str, Path]]:
+    """The ``(agent id, op log path)`` of each agent store under ``data_dir``."""
+    if agent_id is not None:
+        path = data_dir / agent_id / "memory.db"
+        if not path.exists():
+            raise ChrysalisError(f"no store for agent {agent_id!r} at {path}")
+        return [(agent_id, path)]
+    found = sorted((p.parent.name, p) for p in data_dir.glob("*/memory.db"))
+    if not found:
+        raise ChrysalisError(
+            f"no agent stores under {data_dir.resolve()}; pass --data-dir, or run "
+            "`chrysalis demo` to create some"
+        )
+    return found
+
+
+async def _status_of(agent: str, path: Path) -> dict[str, Any]:
+    store = OpStore(path, read_only=True)
+    await store.open()
+    try:
+        counts = await store.counts()
+        root = await store.state_root()
+    finally:
+        await store.close()
+    return {"agent_id": agent, "db_path": str(path), "state_root": root, **counts}
+
+
+async def _verify_of(agent: str, path: Path) -> dict[str, Any]:
+    store = OpStore(path, read_only=True)
+    verifier = SignatureVerifier()
+    await store.open()
+    try:
+        report = await verify_store(store, verifier)
+    finally:
+        verifier.close()
+        await store.close()
+    return {"agent_id": agent, "db_path": str(path), **report.model_dump()}
+
+
+def _fail(error: ChrysalisError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {error}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def status(
+    data_dir: DataDirOption = Path("./data"),
+    agent_id: AgentOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show each agent's store: memories, ops by sync status, state root.
+
+    Reads the stores without locking them, so it works while agents run.
+    """
+    try:
+        agents = find_agents(data_dir, agent_id)
+        results = [asyncio.run(_status_of(a, p)) for a, p in agents]
+    except ChrysalisError as error:
+        raise _fail(error) from None
+    if as_json:
+        print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
+        return
+    table = Table(title=f"Chrysalis agents in {data_dir}")
+    for column in ("agent", "memories", "forgotten", "ops", "local", "pending", "synced"):
+        table.add_column(column, justify="left" if column == "agent" else "right")
+    table.add_column("state root")
+    for r in results:
+        table.add_row(
+            r["agent_id"],
+            str(r["memories_live"]),
+            str(r["memories_forgotten"]),
+            str(r["ops"]),
+            str(r["ops_local"]),
+            str(r["ops_pending"] + r["ops_retry"]),
+            str(r["ops_synced"]),
+            r["state_root"][:16],
+        )
+    console.print(table)
+
+
+@app.command()
+def verify(
+    data_dir: DataDirOption = Path("./data"),
+    agent_id: AgentOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every op (CID, signature, pinned key) and that each document
+    equals a replay of the op log. Exits 1 if anything is wrong."""
+    try:
+        agents = find_agents(data_dir, agent_id)
+        results = [asyncio.run(_verify_of(a, p)) for a, p in agents]
+    except ChrysalisError as error:
+        raise _fail(error) from None
+    if as_json:
+        print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r["ok"] else "[bold red]PROBLEMS[/]"
+            console.print(
+                f"{mark} {r['agent_id']}: {r['ops_checked']} ops, "
+                f"{r['documents_checked']} documents checked in {r['seconds']} s"
+            )
+            for problem in r["problems"]:
+                console.print(f"   - {problem}", markup=False)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(code=1)
+
+
+app.command()(demo)
+app.command()(bench)
+
+
+def main() -> None:
+    """Entry point of the ``chrysalis`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

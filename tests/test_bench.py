@@ -1,0 +1,156 @@
+"""``chrysalis bench --json --quick`` runs end to end and reports sane figures.
+
+No timing thresholds here: performance targets live in the benchmark itself
+(``docs/benchmarks.md``), not in tests that a busy machine would fail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+LATENCIES = ("learn", "learn_full", "get", "get_cold")
+THROUGHPUTS = ("fold", "ingest")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    workdir = tmp_path_factory.mktemp("bench")
+    output = workdir / "report.json"
+    env = {**os.environ, "NO_COLOR": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chrysalis_memory.cli",
+            "bench",
+            "--json",
+            "--quick",
+            "--workdir",
+            str(workdir / "data"),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)  # stdout is exactly one JSON object
+    assert json.loads(output.read_text(encoding="utf-8")) == data
+    # The temporary databases are removed afterwards.
+    assert not any((workdir / "data").iterdir())
+    return data
+
+
+def test_machine_and_settings_are_recorded(report: dict[str, Any]) -> None:
+    machine = report["machine"]
+    for key in ("platform", "python", "cpu_count", "sqlite", "cpu_model", "workdir_filesystem"):
+        assert key in machine
+    assert machine["cpu_count"] >= 1
+    assert machine["sqlite"].count(".") == 2
+    assert report["settings"]["n"] == 200  # --quick
+    assert report["settings"]["durabilities"] == ["normal", "full"]
+    assert isinstance(report["date"], str)
+    assert isinstance(report["all_met"], bool)
+
+
+@pytest.mark.parametrize("name", LATENCIES + THROUGHPUTS)
+def test_every_figure_has_a_baseline_and_a_ratio(report: dict[str, Any], name: str) -> None:
+    figure = report[name]
+    for key in ("value", "baseline", "ratio", "target", "met", "baseline_label", "unit"):
+        assert key in figure, key
+    assert math.isfinite(figure["value"])
+    assert figure["value"] > 0
+    assert figure["baseline"] > 0
+    assert figure["ratio"] == pytest.approx(figure["value"] / figure["baseline"], rel=0.01)
+    assert figure["baseline_label"]
+    assert figure["n"] > 0
+    if figure["checks"]:
+        assert figure["met"] == all(check["met"] for check in figure["checks"])
+    for check in figure["checks"]:
+        op_met = (
+            check["measured"] <= check["limit"]
+            if "<=" in check["target"]
+            else check["measured"] >= check["limit"]
+        )
+        assert check["met"] == op_met
+
+
+@pytest.mark.parametrize("name", LATENCIES)
+def test_latencies_have_ordered_percentiles(report: dict[str, Any], name: str) -> None:
+    figure = report[name]
+    assert figure["unit"] == "ms"
+    assert figure["value"] == figure["p50"]
+    assert figure["baseline"] == figure["baseline_p50"]
+    assert figure["p99"] >= figure["p50"] > 0
+    assert figure["baseline_p99"] >= figure["baseline_p50"] > 0
+    assert figure["ratio_p99"] == pytest.approx(figure["p99"] / figure["baseline_p99"], rel=0.01)
+    value = figure["details"]["value"]
+    assert value["min_ms"] <= value["p50_ms"] <= value["p90_ms"] <= value["p99_ms"]
+    assert value["p99_ms"] <= value["max_ms"]
+
+
+def test_learn_targets_depend_on_durability(report: dict[str, Any]) -> None:
+    assert report["learn"]["details"]["durability"] == "normal"
+    assert report["learn_full"]["details"]["durability"] == "full"
+    assert {c["stat"] for c in report["learn"]["checks"]} == {"p50", "p99", "ratio"}
+    assert {c["stat"] for c in report["learn_full"]["checks"]} == {"ratio"}
+    assert report["learn"]["n"] == report["learn_full"]["n"] == 200
+
+
+@pytest.mark.parametrize("name", THROUGHPUTS)
+def test_throughputs(report: dict[str, Any], name: str) -> None:
+    figure = report[name]
+    assert figure["unit"] == "ops/s"
+    assert figure["p50"] is None
+    assert [c["stat"] for c in figure["checks"]] == ["value"]
+
+
+def test_ingest_took_every_op_and_explains_its_cost(report: dict[str, Any]) -> None:
+    ingest = report["ingest"]
+    assert ingest["n"] == report["settings"]["ingest_ops"]
+    assert ingest["details"]["batches"] == -(-ingest["n"] // ingest["details"]["batch"])
+    parts = ingest["details"]["per_op_us"]
+    assert parts["total"] > 0
+    assert parts["verify_signatures"] > 0
+    assert report["fold"]["details"]["documents"] == report["settings"]["fold_ops"] // 10
+
+
+def test_human_output_is_a_table(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chrysalis_memory.cli",
+            "bench",
+            "--quick",
+            "--n",
+            "40",
+            "--durability",
+            "normal",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "160"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for text in ("learn (normal) p50", "get (cold) p50", "fold", "ingest", "baseline", "ratio"):
+        assert text in result.stdout
+    assert "learn (full)" not in result.stdout
+    assert "PASS" in result.stdout or "MISS" in result.stdout
