@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -493,10 +493,14 @@ class AgentMemory:
         decoded = [decode_op(item, index=i) for i, item in enumerate(ops)]
         if not decoded:
             return 0
-        known = await store.known_cids([op.cid for op in decoded])
+        position = {op.cid: i for i, op in enumerate(decoded)}
+        known = await store.known_cids(list(position))
         fresh = [op for op in decoded if op.cid not in known]
-        await self._verifier.check(fresh)
-        new = await store.ingest(fresh, SyncStatus.PENDING)
+
+        def verify(chunk: Sequence[Op]) -> Awaitable[None]:
+            return self._verifier.check(chunk, [position[op.cid] for op in chunk])
+
+        new = await store.ingest(fresh, SyncStatus.PENDING, verify=verify)
         author = self._require_author()
         for op in new:
             author.clock.observe(op.hlc)

@@ -18,11 +18,11 @@ from chrysalis_memory.model.ops import Op, verify_signature
 _INLINE_BELOW = 32  # smaller batches are not worth a thread hop
 
 
-def _invalid_in(ops: Sequence[Op], offset: int) -> list[SignatureError]:
+def _invalid_in(ops: Sequence[Op], indexes: Sequence[int]) -> list[SignatureError]:
     errors: list[SignatureError] = []
-    for i, op in enumerate(ops):
+    for op, index in zip(ops, indexes, strict=True):
         try:
-            verify_signature(op, index=offset + i)
+            verify_signature(op, index=index)
         except SignatureError as error:
             errors.append(error)
     return errors
@@ -35,25 +35,36 @@ class SignatureVerifier:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
 
-    async def invalid(self, ops: Sequence[Op]) -> list[SignatureError]:
-        """Every op of ``ops`` whose signature does not verify, in batch order."""
+    async def invalid(
+        self, ops: Sequence[Op], indexes: Sequence[int] | None = None
+    ) -> list[SignatureError]:
+        """Every op of ``ops`` whose signature does not verify, in batch order.
+
+        ``indexes`` are the ops' positions in the caller's batch, for messages.
+        """
+        positions = range(len(ops)) if indexes is None else indexes
         if len(ops) < _INLINE_BELOW or self.workers == 1:
-            return _invalid_in(ops, 0)
+            return _invalid_in(ops, positions)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chrysalis-verify")
         loop = asyncio.get_running_loop()
         size = -(-len(ops) // self.workers)
         chunks = await asyncio.gather(
             *(
-                loop.run_in_executor(self._pool, _invalid_in, ops[start : start + size], start)
+                loop.run_in_executor(
+                    self._pool,
+                    _invalid_in,
+                    ops[start : start + size],
+                    positions[start : start + size],
+                )
                 for start in range(0, len(ops), size)
             )
         )
         return [error for chunk in chunks for error in chunk]
 
-    async def check(self, ops: Sequence[Op]) -> None:
+    async def check(self, ops: Sequence[Op], indexes: Sequence[int] | None = None) -> None:
         """Raise the first :class:`SignatureError` in ``ops``, if any."""
-        errors = await self.invalid(ops)
+        errors = await self.invalid(ops, indexes)
         if errors:
             raise errors[0]
 

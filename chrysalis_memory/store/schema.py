@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS ops (
     next_try_ms INTEGER NOT NULL DEFAULT 0,
     UNIQUE (writer, wseq)
 );
-CREATE INDEX IF NOT EXISTS ops_by_doc ON ops (doc_id, hlc_ms, hlc_c, writer);
+CREATE INDEX IF NOT EXISTS ops_by_doc ON ops (doc_id);
 CREATE INDEX IF NOT EXISTS ops_unsynced ON ops (sync_status, seqno)
     WHERE sync_status IN ('pending', 'retry');
 
@@ -63,8 +63,38 @@ CREATE TABLE IF NOT EXISTS docs (
     updated_c   INTEGER,
     tags        TEXT NOT NULL DEFAULT '[]',
     sync_status TEXT NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS docs_listing ON docs (doc_type, visibility, updated_ms, updated_c);
+
+-- One local write (an op and its document's new state, plus an optional
+-- promotion of the document's short-term ops) is one INSERT into this view:
+-- a single statement, so a single round trip, atomic on its own.
+CREATE VIEW IF NOT EXISTS local_writes AS SELECT
+    NULL AS cid, NULL AS doc_id, NULL AS writer, NULL AS wseq, NULL AS hlc_ms,
+    NULL AS hlc_c, NULL AS body, NULL AS op_status, NULL AS promote,
+    NULL AS doc_type, NULL AS state, NULL AS visibility, NULL AS memory_type,
+    NULL AS importance, NULL AS source, NULL AS created_ms, NULL AS updated_ms,
+    NULL AS updated_c, NULL AS tags, NULL AS doc_status;
+
+CREATE TRIGGER IF NOT EXISTS local_writes_insert INSTEAD OF INSERT ON local_writes
+BEGIN
+    INSERT INTO ops (cid, doc_id, writer, wseq, hlc_ms, hlc_c, body, sync_status)
+    VALUES (NEW.cid, NEW.doc_id, NEW.writer, NEW.wseq, NEW.hlc_ms, NEW.hlc_c, NEW.body,
+            NEW.op_status);
+    UPDATE ops SET sync_status = 'pending'
+    WHERE NEW.promote AND doc_id = NEW.doc_id AND sync_status = 'local';
+    INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, source,
+                      created_ms, updated_ms, updated_c, tags, sync_status)
+    VALUES (NEW.doc_id, NEW.doc_type, NEW.state, NEW.visibility, NEW.memory_type,
+            NEW.importance, NEW.source, NEW.created_ms, NEW.updated_ms, NEW.updated_c,
+            NEW.tags, NEW.doc_status)
+    ON CONFLICT (id) DO UPDATE SET
+        state = excluded.state, visibility = excluded.visibility,
+        memory_type = excluded.memory_type, importance = excluded.importance,
+        source = excluded.source, created_ms = excluded.created_ms,
+        updated_ms = excluded.updated_ms, updated_c = excluded.updated_c,
+        tags = excluded.tags, sync_status = excluded.sync_status;
+END;
 
 CREATE TABLE IF NOT EXISTS writers (
     writer      TEXT PRIMARY KEY,

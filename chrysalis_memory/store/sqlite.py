@@ -20,8 +20,8 @@ import hashlib
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -53,6 +53,7 @@ _RANK_SQL: Final = (
     "WHEN 'retry' THEN 2 ELSE 3 END)"
 )
 _BY_RANK: Final = {rank: status for status, rank in _STATUS_RANK.items()}
+_PAGE_CACHE_KIB: Final = 16 * 1024  # SQLite's default (2 MiB) thrashes once the log grows
 _CHUNK: Final = 500  # rows per IN (...) query, well under SQLite's variable limit
 _TAGS: Final = msgspec.json.Encoder(order="sorted")
 
@@ -118,6 +119,12 @@ _INSERT_OP: Final = (
     "INSERT INTO ops (cid, doc_id, writer, wseq, hlc_ms, hlc_c, body, sync_status) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_LOCAL_WRITE: Final = (
+    "INSERT INTO local_writes (cid, doc_id, writer, wseq, hlc_ms, hlc_c, body, op_status, "
+    "promote, doc_type, state, visibility, memory_type, importance, source, "
+    "created_ms, updated_ms, updated_c, tags, doc_status) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _UPSERT_DOC: Final = (
     "INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, source, "
     "created_ms, updated_ms, updated_c, tags, sync_status) "
@@ -163,6 +170,7 @@ class OpStore:
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[DocState, SyncStatus]] = OrderedDict()
         self._db: aiosqlite.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
         # One connection: the lock keeps a transaction's statements together and
         # keeps readers from seeing a transaction that might still roll back.
         self._lock = asyncio.Lock()
@@ -180,34 +188,70 @@ class OpStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             target, uri = str(self.path), False
         with _translated(f"opening {target}"):
-            self._db = await aiosqlite.connect(target, uri=uri)
-            if not self.read_only:
-                await self._db.execute("PRAGMA journal_mode = WAL")
-                sync = "FULL" if self.durability == "full" else "NORMAL"
-                await self._db.execute(f"PRAGMA synchronous = {sync}")
-                await self._db.executescript(SCHEMA)
-                await self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-                await self._db.commit()
-            await self._db.execute("PRAGMA busy_timeout = 5000")
-            rows = await self._db.execute_fetchall(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
+            # Autocommit: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), and a
+            # single statement, such as one local write, commits by itself.
+            self._db = await aiosqlite.connect(target, uri=uri, isolation_level=None)
+        try:
+            with _translated(f"opening {target}"):
+                await self._prepare(self._db)
+        except BaseException:
+            await self.close()  # never leave a connection (and its thread) behind
+            raise
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute(f"PRAGMA cache_size = -{_PAGE_CACHE_KIB}")
+        if not self.read_only:
+            await db.execute("PRAGMA journal_mode = WAL")
+            sync = "FULL" if self.durability == "full" else "NORMAL"
+            await db.execute(f"PRAGMA synchronous = {sync}")
+            await db.executescript(SCHEMA)
+            await db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
             )
+        rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
         version = int(next(iter(rows))[0]) if rows else SCHEMA_VERSION
         if version > SCHEMA_VERSION:
-            await self.close()
             raise StoreError(
                 f"{self.path} was written by a newer Chrysalis (schema {version}, this "
                 f"version reads up to {SCHEMA_VERSION}); upgrade chrysalis-memory"
             )
+        if not self.read_only and self.path is not None:
+            # Checkpoints run in the background, never inside a write's commit.
+            await db.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = _Checkpointer(self.path)
+            await self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            await checkpointer.stop()
         if self._db is not None:
             db, self._db = self._db, None
+            if not self.read_only and self.path is not None:
+                with suppress(sqlite3.Error):  # best effort: the WAL is valid either way
+                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await db.close()
         self._cache.clear()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """One explicit write transaction; the caller holds the lock."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            # If even the rollback fails the connection is unusable; the error being
+            # propagated already says why.
+            with suppress(sqlite3.Error):
+                await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    def _wrote(self, ops: int) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.note(ops)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -382,8 +426,8 @@ class OpStore:
         """Pin ``writer`` to ``public_key``, or raise if it is pinned to another key."""
         async with self._lock:
             with _translated("pinning a writer key"):
-                await self._pin(await self._unpinned({writer: public_key}))
-                await self.db.commit()
+                async with self._transaction():
+                    await self._pin(await self._unpinned({writer: public_key}))
 
     async def last_seq(self, writer: str) -> int:
         async with self._lock:
@@ -479,42 +523,70 @@ class OpStore:
         ``state`` already has ``op`` folded in (from :meth:`checkout`, or new).
         ``status`` is the op's sync status and ``previous`` the document's before
         it (None for a new document); ``promote`` re-queues the document's
-        short-term (``local``) ops for sync in the same transaction. Returns the
-        document's new sync status.
+        short-term (``local``) ops for sync. One statement, so one transaction.
+        Returns the document's new sync status.
         """
         doc_status = status if previous is None or promote else combine_status(previous, status)
         async with self._lock:
             with _translated("writing an op"):
-                try:
-                    await self.db.execute(_INSERT_OP, _op_row(op, status))
-                    if promote:
-                        await self.db.execute(
-                            "UPDATE ops SET sync_status = 'pending' "
-                            "WHERE doc_id = ? AND sync_status = 'local'",
-                            (op.doc,),
-                        )
-                    await self.db.execute(_UPSERT_DOC, _doc_row(state, doc_status))
-                    await self.db.commit()
-                except BaseException:
-                    await self._rollback()
-                    raise
+                await self.db.execute(
+                    _LOCAL_WRITE,
+                    # the document row without its id: the op row carries it
+                    (*_op_row(op, status), promote, *_doc_row(state, doc_status)[1:]),
+                )
             self._cache_put(op.doc, (state, doc_status))
+        self._wrote(1)
         return doc_status
 
-    async def ingest(self, ops: Sequence[Op], status: SyncStatus) -> list[Op]:
-        """Store verified ops received from elsewhere; returns the ones that were new.
+    async def ingest(
+        self,
+        ops: Sequence[Op],
+        status: SyncStatus,
+        *,
+        verify: Callable[[Sequence[Op]], Awaitable[None]] | None = None,
+        chunk_size: int = 256,
+    ) -> list[Op]:
+        """Store ops received from elsewhere; returns the ones that were new.
 
-        All or nothing: a forged writer or an equivocating op rejects the batch
-        before anything is written.
+        ``verify`` (the signature check) runs on each chunk of ``chunk_size`` ops
+        while the chunk before it is written, so checking and writing overlap.
+        All or nothing: everything happens in one transaction, and a bad
+        signature, a forged writer or an equivocating op rolls it all back.
         """
         unique = list({op.cid: op for op in ops}.values())
         if not unique:
             return []
-        async with self._lock:
-            with _translated("ingesting ops"):
-                new = await self._new_ops(unique)
+        chunks = [unique[i : i + chunk_size] for i in range(0, len(unique), chunk_size)]
+        checks = [asyncio.ensure_future(verify(chunk)) for chunk in chunks] if verify else []
+        try:
+            async with self._lock:
+                with _translated("ingesting ops"):
+                    new, touched = await self._ingest_chunks(chunks, checks, status)
+                for doc_id, entry in touched.items():
+                    self._cache_put(doc_id, entry)
+        finally:
+            for check in checks:
+                check.cancel()
+            await asyncio.gather(*checks, return_exceptions=True)
+        self._wrote(len(new))
+        return new
+
+    async def _ingest_chunks(
+        self,
+        chunks: list[list[Op]],
+        checks: Sequence[asyncio.Future[None]],
+        status: SyncStatus,
+    ) -> tuple[list[Op], dict[str, tuple[DocState, SyncStatus]]]:
+        new_ops: list[Op] = []
+        states: dict[str, tuple[DocState, SyncStatus]] = {}
+        touched: dict[str, tuple[DocState, SyncStatus]] = {}
+        async with self._transaction():
+            for index, chunk in enumerate(chunks):
+                if checks:
+                    await checks[index]
+                new = await self._new_ops(chunk)
                 if not new:
-                    return []
+                    continue
                 keys: dict[str, str] = {}
                 for op in new:
                     if keys.setdefault(op.writer, op.key) != op.key:
@@ -522,29 +594,25 @@ class OpStore:
                             f"ops claiming writer {op.writer!r} are signed by different keys",
                             cid=op.cid,
                         )
-                unpinned = await self._unpinned(keys)
+                await self._pin(await self._unpinned(keys))
                 await self._check_equivocation(new)
-                loaded = await self._load_states(op.doc for op in new)
-                try:
-                    await self._pin(unpinned)
-                    await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
-                    touched: dict[str, tuple[DocState, SyncStatus]] = {}
-                    for op in new:
-                        state, doc_status = touched.get(op.doc) or loaded.get(
-                            op.doc, (new_state(op.doc, op.doc_type), status)
-                        )
-                        state.apply(op)
-                        touched[op.doc] = (state, combine_status(doc_status, status))
-                    await self.db.executemany(
-                        _UPSERT_DOC, [_doc_row(s, st) for s, st in touched.values()]
-                    )
-                    await self.db.commit()
-                except BaseException:
-                    await self._rollback()
-                    raise
-            for doc_id, entry in touched.items():
-                self._cache_put(doc_id, entry)
-        return new
+                states.update(await self._load_states(op.doc for op in new if op.doc not in states))
+                await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
+                changed: dict[str, tuple[DocState, SyncStatus]] = {}
+                for op in new:
+                    entry = touched.get(op.doc) or states.get(op.doc)
+                    if entry is None:
+                        entry = (new_state(op.doc, op.doc_type), status)
+                    state, doc_status = entry
+                    state.apply(op)
+                    touched[op.doc] = changed[op.doc] = (state, combine_status(doc_status, status))
+                # Written per chunk (a document touched again later is simply rewritten),
+                # so that this write overlaps the next chunk's signature checks.
+                await self.db.executemany(
+                    _UPSERT_DOC, [_doc_row(s, st) for s, st in changed.values()]
+                )
+                new_ops.extend(new)
+        return new_ops, touched
 
     async def _new_ops(self, ops: list[Op]) -> list[Op]:
         known: set[str] = set()
@@ -575,17 +643,11 @@ class OpStore:
                         next(op for op in chunk if op.cid == claimed[(writer, seq)])
                     )
 
-    async def _rollback(self) -> None:
-        # If even the rollback fails the connection is unusable; the error being
-        # propagated already says why.
-        with suppress(sqlite3.Error):
-            await self.db.rollback()
-
     async def set_status(self, cids: Sequence[str], status: SyncStatus) -> None:
         """Move ops to ``status`` (e.g. synced on the hub's ack) and update their documents."""
         async with self._lock:
             with _translated("updating sync status"):
-                try:
+                async with self._transaction():
                     for chunk in _chunks(cids):
                         marks = ",".join("?" * len(chunk))
                         await self.db.execute(
@@ -601,11 +663,7 @@ class OpStore:
                             f"WHERE id IN (SELECT doc_id FROM ops WHERE cid IN ({marks}))",
                             chunk,
                         )
-                    await self.db.commit()
-                except BaseException:
-                    await self._rollback()
-                    raise
-        self._cache.clear()  # statuses of cached documents may have changed
+            self._cache.clear()  # statuses of cached documents may have changed
 
     async def sync_attempts(self, cids: Sequence[str]) -> dict[str, int]:
         """How many failed pushes each op has had (for backoff)."""
@@ -667,3 +725,56 @@ def _equivocation(op: Op) -> EquivocationError:
         "two histories for one agent (was its data dir wiped and reused?)",
         cid=op.cid,
     )
+
+
+class _Checkpointer:
+    """Copies the WAL into the database in the background.
+
+    Automatic checkpoints run inside whichever commit crosses the threshold and
+    fsync the database file there: that commit's latency jumps by milliseconds.
+    Instead, the writer's connection disables them and this task runs PASSIVE
+    checkpoints (which never block readers or the writer) on a connection of its
+    own, after every ``every`` ops written or ``interval`` seconds of activity.
+    """
+
+    def __init__(self, path: Path, *, every: int = 128, interval: float = 1.0) -> None:
+        self._path = path
+        self._every = every
+        self._interval = interval
+        self._pending = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._db: aiosqlite.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._db = await aiosqlite.connect(str(self._path), isolation_level=None)
+        self._task = asyncio.create_task(self._run(self._db), name="chrysalis-checkpointer")
+
+    def note(self, ops: int) -> None:
+        self._pending += ops
+        if self._pending >= self._every:
+            self._wake.set()
+
+    async def _run(self, db: aiosqlite.Connection) -> None:
+        while True:
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            self._wake.clear()
+            if self._stopping:
+                return
+            if self._pending:
+                self._pending = 0
+                # A failed checkpoint loses nothing (the WAL keeps every page); retry later.
+                with suppress(sqlite3.Error):
+                    await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def stop(self) -> None:
+        # Ask the loop to end rather than cancel it: on Python < 3.12, wait_for()
+        # can swallow a cancellation that races with the event it waits on.
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._db is not None:
+            await self._db.close()

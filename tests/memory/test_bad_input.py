@@ -197,3 +197,20 @@ async def test_merge_rejects_a_single_op_passed_bare(seeded: tuple[AgentMemory, 
     op = (await mem.export_ops())[0]
     with pytest.raises(InvalidArgumentError, match="a list of ops"):
         await mem.merge_ops(op.encoded)  # type: ignore[arg-type]
+
+
+async def test_a_bad_op_late_in_a_large_batch_rolls_back_every_chunk(
+    seeded: tuple[AgentMemory, str], open_memory: OpenMemory
+) -> None:
+    mem, _ = seeded
+    other = await open_memory("agent-b", promotion_enabled=False)
+    for i in range(600):  # more than two ingest chunks: checking and writing overlap
+        await other.learn(f"fact {i}")
+    batch: list[bytes] = [op.encoded for op in await other.export_ops()]
+    batch[550] = _tamper(batch[550], content="altered late in the batch")
+    before = await Snapshot.of(mem)
+    with pytest.raises(SignatureError, match="op #550"):
+        await mem.merge_ops(batch)
+    assert await Snapshot.of(mem) == before
+    batch[550] = (await other.export_ops())[550].encoded
+    assert await mem.merge_ops(batch) == 600
