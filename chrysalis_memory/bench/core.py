@@ -331,6 +331,7 @@ def machine_info(workdir: Path | None = None) -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "aiosqlite": _version_of("aiosqlite"),
         "cryptography": _version_of("cryptography"),
+        "pynacl": _version_of("pynacl"),
         "msgspec": _version_of("msgspec"),
         "chrysalis_memory": _version_of("chrysalis-memory"),
         "workdir": str(where),
