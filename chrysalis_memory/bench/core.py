@@ -370,24 +370,23 @@ async def _timed_pairs(
 ) -> tuple[list[float], list[float]]:
     """Time ``first(i)`` and ``second(i)`` for each i, alternating which runs first."""
     clock = time.perf_counter
+
+    async def timed(call: Callable[[int], Awaitable[Any]], i: int) -> float:
+        start = clock()
+        await call(i)
+        return clock() - start
+
     a: list[float] = []
     b: list[float] = []
     with _collected():
         for i in range(count):
+            # Alternate which of the pair goes first, so neither always runs warm.
             if i % 2 == 0:
-                t0 = clock()
-                await first(i)
-                t1 = clock()
-                await second(i)
-                t2 = clock()
-                da, db = t1 - t0, t2 - t1
+                da = await timed(first, i)
+                db = await timed(second, i)
             else:
-                t0 = clock()
-                await second(i)
-                t1 = clock()
-                await first(i)
-                t2 = clock()
-                da, db = t2 - t1, t1 - t0
+                db = await timed(second, i)
+                da = await timed(first, i)
             if i >= warmup:
                 a.append(da)
                 b.append(db)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,9 +93,19 @@ async def _verify_of(agent: str, path: Path) -> dict[str, Any]:
     return {"agent_id": agent, "db_path": str(path), **report.model_dump()}
 
 
-def _fail(error: ChrysalisError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {error}")
-    return typer.Exit(code=2)
+def _per_agent(
+    data_dir: Path,
+    agent_id: str | None,
+    inspect: Callable[[str, Path], Coroutine[Any, Any, dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Run ``inspect`` on each agent store found; exit 2 with the reason on errors."""
+    try:
+        return [
+            asyncio.run(inspect(agent, path)) for agent, path in find_agents(data_dir, agent_id)
+        ]
+    except ChrysalisError as error:
+        err_console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
 
 
 @app.command()
@@ -107,11 +118,7 @@ def status(
 
     Reads the stores without locking them, so it works while agents run.
     """
-    try:
-        agents = find_agents(data_dir, agent_id)
-        results = [asyncio.run(_status_of(a, p)) for a, p in agents]
-    except ChrysalisError as error:
-        raise _fail(error) from None
+    results = _per_agent(data_dir, agent_id, _status_of)
     if as_json:
         print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
         return
@@ -141,11 +148,7 @@ def verify(
 ) -> None:
     """Check every op (CID, signature, pinned key) and that each document
     equals a replay of the op log. Exits 1 if anything is wrong."""
-    try:
-        agents = find_agents(data_dir, agent_id)
-        results = [asyncio.run(_verify_of(a, p)) for a, p in agents]
-    except ChrysalisError as error:
-        raise _fail(error) from None
+    results = _per_agent(data_dir, agent_id, _verify_of)
     if as_json:
         print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
     else:

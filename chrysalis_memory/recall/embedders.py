@@ -31,7 +31,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
@@ -102,6 +102,27 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
     async def aclose(self) -> None: ...
+
+
+_E = TypeVar("_E", bound="_ClosesOnExit")
+
+
+class _ClosesOnExit:
+    """``async with embedder:`` closes it on exit."""
+
+    async def aclose(self) -> None:
+        """Release what the embedder holds (nothing by default)."""
+
+    async def __aenter__(self: _E) -> _E:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class _DimensionsUnknownError(EmbedderError, AttributeError):
@@ -229,7 +250,7 @@ def _sublinear(count: int) -> float:
     return 1.0 + math.log(count) if count > 1 else 1.0
 
 
-class HashingEmbedder:
+class HashingEmbedder(_ClosesOnExit):
     """Offline, deterministic embedder: signed feature hashing, no model files.
 
     A text is normalised (Unicode NFKC, case-folded, apostrophes dropped,
@@ -270,20 +291,6 @@ class HashingEmbedder:
     def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
         """The same as :meth:`embed`, for synchronous callers (benchmarks, tools)."""
         return [self._embed_one(text) for text in _check_texts(texts)]
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-    async def __aenter__(self) -> HashingEmbedder:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _embed_one(self, text: str) -> list[float]:
         dims = self._dimensions
@@ -373,7 +380,7 @@ def _embedding_length(model_info: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-class OllamaEmbedder:
+class OllamaEmbedder(_ClosesOnExit):
     """Embeddings from a model served by Ollama (``POST /api/embed``).
 
     Texts are sent in batches of ``batch_size``. ``dimensions`` is learnt from
@@ -479,17 +486,6 @@ class OllamaEmbedder:
         client, self._client = self._client, None
         if client is not None:
             await client.close()  # type: ignore[no-untyped-call]  # ollama leaves it unannotated
-
-    async def __aenter__(self) -> OllamaEmbedder:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
         if self._client is None:
