@@ -123,9 +123,10 @@ def status(
         print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
         return
     table = Table(title=f"Chrysalis agents in {data_dir}")
-    for column in ("agent", "memories", "forgotten", "ops", "local", "pending", "synced"):
-        table.add_column(column, justify="left" if column == "agent" else "right")
-    table.add_column("state root")
+    table.add_column("agent", no_wrap=True)
+    for column in ("memories", "forgotten", "ops", "local", "pending", "synced"):
+        table.add_column(column, justify="right")
+    table.add_column("state root", no_wrap=True)
     for r in results:
         table.add_row(
             r["agent_id"],
@@ -135,7 +136,7 @@ def status(
             str(r["ops_local"]),
             str(r["ops_pending"] + r["ops_retry"]),
             str(r["ops_synced"]),
-            r["state_root"][:16],
+            r["state_root"][:12],
         )
     console.print(table)
 
