@@ -96,6 +96,12 @@ BEGIN
         tags = excluded.tags, sync_status = excluded.sync_status;
 END;
 
+-- Keyword search over live memories, kept by the recall indexer (not by
+-- triggers: indexing happens after the write, off its hot path).
+CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5(
+    doc_id UNINDEXED, content, tags, tokenize = 'porter unicode61'
+);
+
 CREATE TABLE IF NOT EXISTS writers (
     writer      TEXT PRIMARY KEY,
     public_key  TEXT NOT NULL,

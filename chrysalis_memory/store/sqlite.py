@@ -150,6 +150,28 @@ class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
     offset: int = 0
 
 
+def _filters(query: ListQuery, table: str = "docs") -> tuple[list[str], list[Any]]:
+    """SQL conditions on the ``docs`` table for a :class:`ListQuery`."""
+    clauses = [f"{table}.doc_type = 'memory'"]
+    params: list[Any] = []
+    clauses.append(
+        f"{table}.visibility IN (1, 2)" if query.include_forgotten else f"{table}.visibility = 1"
+    )
+    for column, value, op in (
+        ("memory_type", query.memory_type, "="),
+        ("source", query.source, "="),
+        ("updated_ms", query.since_ms, ">="),
+        ("updated_ms", query.until_ms, "<="),
+    ):
+        if value is not None:
+            clauses.append(f"{table}.{column} {op} ?")
+            params.append(value)
+    for tag in query.tags:
+        clauses.append(f"EXISTS (SELECT 1 FROM json_each({table}.tags) WHERE value = ?)")
+        params.append(tag)
+    return clauses, params
+
+
 class OpStore:
     """A replica's op log and materialised documents in one SQLite file.
 
@@ -185,6 +207,9 @@ class OpStore:
                 raise StoreError(f"no store at {self.path}")
             target, uri = f"file:{self.path}?mode=ro", True
         else:
+            if self.path.is_dir():
+                # Checked first: aiosqlite leaks its worker thread when connect() fails.
+                raise StoreError(f"{self.path} is a directory, not a database file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             target, uri = str(self.path), False
         with _translated(f"opening {target}"):
@@ -326,24 +351,7 @@ class OpStore:
 
     async def list_memories(self, query: ListQuery) -> list[tuple[MemoryState, SyncStatus]]:
         """Memories matching ``query``, most recently updated first."""
-        clauses = ["doc_type = 'memory'"]
-        params: list[Any] = []
-        clauses.append("visibility IN (1, 2)" if query.include_forgotten else "visibility = 1")
-        if query.memory_type is not None:
-            clauses.append("memory_type = ?")
-            params.append(query.memory_type)
-        if query.source is not None:
-            clauses.append("source = ?")
-            params.append(query.source)
-        if query.since_ms is not None:
-            clauses.append("updated_ms >= ?")
-            params.append(query.since_ms)
-        if query.until_ms is not None:
-            clauses.append("updated_ms <= ?")
-            params.append(query.until_ms)
-        for tag in query.tags:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(docs.tags) WHERE value = ?)")
-            params.append(tag)
+        clauses, params = _filters(query)
         sql = (
             f"SELECT id, state, sync_status FROM docs WHERE {' AND '.join(clauses)} "
             "ORDER BY updated_ms DESC, updated_c DESC, id LIMIT ? OFFSET ?"
@@ -359,6 +367,117 @@ class OpStore:
             assert isinstance(state, MemoryState)
             result.append((state, SyncStatus(status)))
         return result
+
+    async def get_states(self, doc_ids: Iterable[str]) -> dict[str, tuple[DocState, SyncStatus]]:
+        """Current states of several documents (shared with the cache: read, never mutate)."""
+        found: dict[str, tuple[DocState, SyncStatus]] = {}
+        missing: list[str] = []
+        for doc_id in dict.fromkeys(doc_ids):
+            entry = self._cache.get(doc_id)
+            if entry is None:
+                missing.append(doc_id)
+            else:
+                found[doc_id] = entry
+        if missing:
+            async with self._lock:
+                with _translated("reading documents"):
+                    loaded = await self._load_states(missing)
+                for doc_id, entry in loaded.items():
+                    self._cache_put(doc_id, entry)
+            found.update(loaded)
+        return found
+
+    # --- keyword search and the recall indexer's bookkeeping ------------------------
+
+    async def search_text(
+        self, match: str, limit: int, query: ListQuery
+    ) -> list[tuple[str, float]]:
+        """Live memories matching an FTS5 ``match`` expression, best first.
+
+        Returns ``(memory id, relevance)`` with relevance = -bm25 (higher is better).
+        """
+        clauses, params = _filters(query, table="d")
+        sql = (
+            "SELECT f.doc_id, bm25(memory_fts) AS rank FROM memory_fts AS f "
+            "JOIN docs AS d ON d.id = f.doc_id "
+            f"WHERE memory_fts MATCH ? AND {' AND '.join(clauses)} ORDER BY rank LIMIT ?"
+        )
+        async with self._lock:
+            with _translated("searching text"):
+                rows = await self.db.execute_fetchall(sql, [match, *params, limit])
+        return [(doc_id, -rank) for doc_id, rank in rows]
+
+    async def meta(self, key: str) -> str | None:
+        async with self._lock:
+            with _translated("reading metadata"):
+                rows = list(
+                    await self.db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+                )
+        return str(rows[0][0]) if rows else None
+
+    async def changed_docs(self, after: int, limit: int) -> tuple[int, list[str]]:
+        """Documents changed by ops that arrived after local op number ``after``.
+
+        Returns the last op number read (``after`` if none) and the document ids.
+        """
+        async with self._lock:
+            with _translated("reading the op log"):
+                rows = list(
+                    await self.db.execute_fetchall(
+                        "SELECT seqno, doc_id FROM ops WHERE seqno > ? ORDER BY seqno LIMIT ?",
+                        (after, limit),
+                    )
+                )
+        if not rows:
+            return after, []
+        return int(rows[-1][0]), list(dict.fromkeys(doc_id for _, doc_id in rows))
+
+    async def update_text_index(
+        self,
+        cursor_key: str,
+        cursor: int,
+        remove: Sequence[str],
+        add: Sequence[tuple[str, str, str]],
+    ) -> None:
+        """Replace the keyword-index rows of ``remove`` with ``add`` (id, content, tags)
+        and move the indexer's cursor, in one transaction."""
+        async with self._lock:
+            with _translated("updating the keyword index"):
+                async with self._transaction():
+                    for chunk in _chunks(list(remove)):
+                        marks = ",".join("?" * len(chunk))
+                        await self.db.execute(
+                            f"DELETE FROM memory_fts WHERE doc_id IN ({marks})", chunk
+                        )
+                    await self.db.executemany(
+                        "INSERT INTO memory_fts (doc_id, content, tags) VALUES (?, ?, ?)", add
+                    )
+                    await self.db.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (cursor_key, str(cursor)),
+                    )
+
+    async def clear_text_index(self, cursor_key: str) -> None:
+        async with self._lock:
+            with _translated("clearing the keyword index"):
+                async with self._transaction():
+                    await self.db.execute("DELETE FROM memory_fts")
+                    await self.db.execute("DELETE FROM meta WHERE key = ?", (cursor_key,))
+
+    async def text_index_size(self) -> int:
+        async with self._lock:
+            with _translated("counting the keyword index"):
+                rows = list(await self.db.execute_fetchall("SELECT COUNT(*) FROM memory_fts"))
+        return int(rows[0][0])
+
+    async def last_seqno(self) -> int:
+        async with self._lock:
+            with _translated("reading the op log"):
+                rows = list(
+                    await self.db.execute_fetchall("SELECT COALESCE(MAX(seqno), 0) FROM ops")
+                )
+        return int(rows[0][0])
 
     async def ops_of(self, doc_id: str) -> list[Op]:
         """A document's ops in (HLC, writer) order: its history, oldest first."""
@@ -537,6 +656,20 @@ class OpStore:
             self._cache_put(op.doc, (state, doc_status))
         self._wrote(1)
         return doc_status
+
+    async def append_local_many(self, writes: Sequence[tuple[Op, DocState, SyncStatus]]) -> None:
+        """Persist several ops written here, each with its document's new state, in one
+        transaction. Each document must appear once (no promotion here)."""
+        if not writes:
+            return
+        rows = [(*_op_row(op, st), False, *_doc_row(state, st)[1:]) for op, state, st in writes]
+        async with self._lock:
+            with _translated("writing ops"):
+                async with self._transaction():
+                    await self.db.executemany(_LOCAL_WRITE, rows)
+            for op, state, status in writes:
+                self._cache_put(op.doc, (state, status))
+        self._wrote(len(writes))
 
     async def ingest(
         self,

@@ -171,9 +171,14 @@ async def test_using_a_closed_memory_says_how_to_open_it(tmp_path: Path) -> None
         await mem.get("anything")
 
 
+async def test_a_directory_in_place_of_the_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "memory.db").mkdir()
+    with pytest.raises(StoreError, match="is a directory, not a database file"):
+        await OpStore(tmp_path / "memory.db").open()
+
+
 async def test_sqlite_failures_become_store_errors(tmp_path: Path) -> None:
-    target = tmp_path / "not-a-db"
-    target.mkdir()
-    (target / "memory.db").mkdir()  # a directory where the database file should be
-    with pytest.raises(StoreError, match="opening"):
-        await OpStore(target / "memory.db").open()
+    garbage = tmp_path / "memory.db"
+    garbage.write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.raises(StoreError, match=r"opening .*not a database"):
+        await OpStore(garbage).open()
