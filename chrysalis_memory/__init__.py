@@ -15,6 +15,7 @@ from chrysalis_memory.model import (
     MemoryDocument,
     MemoryType,
     Op,
+    RecallHit,
     SyncStatus,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "MemoryDocument",
     "MemoryType",
     "Op",
+    "RecallHit",
     "SyncStatus",
     "VerifyReport",
     "__version__",

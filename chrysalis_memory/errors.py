@@ -137,3 +137,23 @@ class EmbedderUnavailableError(EmbedderError):
 
 class EmbeddingModelMissingError(EmbedderError):
     """The embedding service answered but does not have the model (it was not pulled)."""
+
+
+# --- the local vector cache ---------------------------------------------------------
+
+
+class VectorCacheError(StoreError):
+    """The local vector cache (Chroma) failed or does not match the embedder.
+
+    The cache only holds derived data: ``chrysalis reindex`` rebuilds it from
+    the op log, so no memory is ever lost with it.
+    """
+
+
+class VectorCacheCorruptError(VectorCacheError):
+    """The vector cache's files are damaged, or were deleted or replaced while open.
+
+    The cache refuses every further call (it never answers from damaged data).
+    Close it, delete its directory (``ChromaVectorCache.reset_directory``) and
+    rebuild it from the op log (``chrysalis reindex``).
+    """

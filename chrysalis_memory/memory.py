@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -33,17 +34,24 @@ from chrysalis_memory.errors import (
     UnknownMemoryError,
 )
 from chrysalis_memory.keys import load_or_create_signer
-from chrysalis_memory.model.document import MemoryDocument, SyncStatus
+from chrysalis_memory.model.document import MemoryDocument, RecallHit, SyncStatus
 from chrysalis_memory.model.ops import (
     Creation,
+    EmbeddingPatch,
     MemoryPatch,
     Op,
     OpAuthor,
     Signer,
     decode_op,
+    embedding_id,
+    encode_vector,
 )
-from chrysalis_memory.model.state import DocState, MemoryState, fold
+from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState, fold
+from chrysalis_memory.recall.embedders import Embedder
+from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
+from chrysalis_memory.recall.search import SearchMode, search
 from chrysalis_memory.store import ListQuery, OpStore
+from chrysalis_memory.store.sqlite import combine_status
 from chrysalis_memory.verifier import SignatureVerifier
 
 OpInput = Op | bytes | str | Mapping[str, Any]
@@ -69,22 +77,38 @@ class AgentMemory:
             mid = await mem.learn("The user prefers concise answers.", importance=0.9)
 
     Pass an :class:`AgentMemoryConfig`, or its fields as keywords, or nothing
-    (``AgentMemoryConfig.from_env()`` is read then). One process owns an
-    agent's data directory at a time.
+    (``AgentMemoryConfig.from_env()`` is read then). ``embedder`` replaces the
+    configured one (any object with ``model``, ``dimensions`` and an async
+    batch ``embed``). One process owns an agent's data directory at a time.
     """
 
-    def __init__(self, config: AgentMemoryConfig | None = None, /, **fields: Any) -> None:
+    def __init__(
+        self,
+        config: AgentMemoryConfig | None = None,
+        /,
+        *,
+        embedder: Embedder | str | None = None,
+        **fields: Any,
+    ) -> None:
+        if isinstance(embedder, str):  # the config's choice: "auto", "hashing" or "ollama"
+            fields["embedder"], embedder = embedder, None
         if config is None:
             config = AgentMemoryConfig.from_env(**fields)
         elif fields:
             config = AgentMemoryConfig.build(**{**config.model_dump(), **fields})
         self.config = config
+        self._custom_embedder = embedder
         self._store: OpStore | None = None
         self._author: OpAuthor | None = None
         self._lock_file: FileLock | None = None
         self._verifier = SignatureVerifier()
         # Local writes are serialised so that sequence numbers commit in order.
         self._write_lock = asyncio.Lock()
+        self._recall: RecallIndex | None = None
+        self._recall_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._recall_closers: builtins.list[Callable[[], Awaitable[None]]] = []
+        self.embedder_choice = ""
+        """Which embedder recall uses, and why (set when recall is first used)."""
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -141,6 +165,7 @@ class AgentMemory:
 
     async def close(self) -> None:
         """Close the store; everything acknowledged is already durable."""
+        await self._close_recall()
         store, self._store = self._store, None
         if store is not None:
             await store.close()
@@ -376,7 +401,8 @@ class AgentMemory:
             except BaseException:
                 author.last_seq -= 1  # the op was not stored: its number is still free
                 raise
-            return current, doc_status
+        self._index_later()
+        return current, doc_status
 
     def _sync_status_for(
         self, state: MemoryState, patch: MemoryPatch, current: SyncStatus | None
@@ -468,6 +494,169 @@ class AgentMemory:
             raise UnknownMemoryError(memory_id)
         return ops
 
+    # --- recall -----------------------------------------------------------------------
+
+    async def recall(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        mode: SearchMode = "hybrid",
+        memory_type: str | None = None,
+        tags: Iterable[str] | None = None,
+        source: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        record_access: bool = True,
+    ) -> builtins.list[RecallHit]:
+        """The ``k`` memories most relevant to ``query``, best first.
+
+        ``hybrid`` fuses vector similarity and keyword (BM25) relevance by
+        reciprocal rank; ``vector`` and ``keyword`` use one retriever. Hits are
+        ranked by 0.5 relevance + 0.3 confidence + 0.2 usage (spec §5.4).
+        Filters are those of :meth:`list`; forgotten memories never come back.
+        Each hit's access count goes up (``record_access=False`` to only look).
+        """
+        text = check.query(query)
+        wanted = check.positive("k", k, maximum=1000)
+        if mode not in ("hybrid", "vector", "keyword"):
+            raise InvalidArgumentError(f"mode must be hybrid, vector or keyword; got {mode!r}")
+        filters = ListQuery(
+            memory_type=None if memory_type is None else check.memory_type(memory_type),
+            tags=check.tags(tags),
+            source=source,
+            since_ms=check.timestamp_ms("since", since),
+            until_ms=check.timestamp_ms("until", until),
+        )
+        index = await self._recall_index()
+        if mode == "vector" and index.vectors is None:
+            raise InvalidArgumentError(
+                "vector search needs the local vector cache (local_vector_cache=True)"
+            )
+        await index.flush()
+        found = await search(self.store, index.embedder, index.vectors, text, wanted, mode, filters)
+        views = {c.state.id: c.state.to_document(c.status) for c in found}
+        if record_access and found:
+            views.update(await self._record_accesses([c.state.id for c in found]))
+        return [
+            RecallHit(
+                memory=views[c.state.id],
+                score=c.score,
+                similarity=c.similarity,
+                relevance=c.relevance,
+            )
+            for c in found
+        ]
+
+    async def reindex(self, progress: Progress | None = None) -> int:
+        """Rebuild the keyword index and the vector cache from the op log.
+
+        Embeddings already in the log are reused, not recomputed. Returns the
+        number of ops indexed.
+        """
+        index = await self._recall_index()
+        return await index.rebuild(progress)
+
+    async def _recall_index(self) -> RecallIndex:
+        """The recall index, created on first use (Chroma is costly to start)."""
+        if self._recall is not None:
+            return self._recall
+        from chrysalis_memory.recall.embedders import select_embedder
+        from chrysalis_memory.recall.vectors import ChromaVectorCache
+
+        cfg = self.config
+        store = self.store
+        if self._custom_embedder is not None:
+            embedder = self._custom_embedder
+            self.embedder_choice = f"{embedder.model}, passed to AgentMemory"
+        else:
+            embedder, self.embedder_choice = await select_embedder(
+                cfg.embedder, model=cfg.embedding_model, host=cfg.ollama_host
+            )
+            self._recall_closers.append(embedder.aclose)
+        vectors: ChromaVectorCache | None = None
+        if cfg.local_vector_cache:
+            if cfg.resolved_db_path is None:  # an in-memory replica: a throwaway cache
+                self._recall_dir = tempfile.TemporaryDirectory(prefix="chrysalis-vectors-")
+                where = Path(self._recall_dir.name)
+            else:
+                where = cfg.agent_dir / "vectors"
+            vectors = ChromaVectorCache(where, model=embedder.model, dimensions=embedder.dimensions)
+            await vectors.open()
+            self._recall_closers.append(vectors.close)
+        self._recall = RecallIndex(store, embedder, vectors, self._write_embeddings)
+        self._recall.start()
+        return self._recall
+
+    async def _close_recall(self) -> None:
+        if self._recall is not None:
+            await self._recall.close()
+            self._recall = None
+        while self._recall_closers:
+            await self._recall_closers.pop()()
+        if self._recall_dir is not None:
+            self._recall_dir.cleanup()
+            self._recall_dir = None
+
+    def _index_later(self) -> None:
+        if self._recall is not None:
+            self._recall.notify()
+
+    async def _write_embeddings(self, embeddings: builtins.list[NewEmbedding]) -> None:
+        """Record embeddings made here as signed ops, so they replicate."""
+        assert self._recall is not None
+        model = self._recall.embedder.model
+        store, author = self.store, self._require_author()
+        async with self._write_lock:
+            writes = []
+            for new in embeddings:
+                doc_id = embedding_id(model, new.hashed_text)
+                patch = EmbeddingPatch(
+                    text_hash=new.hashed_text,
+                    model=model,
+                    dimensions=len(new.vector),
+                    vector=encode_vector(new.vector),
+                )
+                state = EmbeddingState(doc_id)
+                op = author.make(doc_id, patch)
+                state.apply(op)
+                writes.append((op, state, new.status, new.status))
+            try:
+                await store.append_local_many(writes)
+            except BaseException:
+                author.last_seq -= len(writes)
+                raise
+
+    async def _record_accesses(self, ids: builtins.list[str]) -> dict[str, MemoryDocument]:
+        """Count one access to each memory, in one transaction; returns their new views."""
+        store, author, me = self.store, self._require_author(), self.agent_id
+        async with self._write_lock:
+            entries = await store.checkout_many(ids)
+            writes = []
+            for doc_id in ids:
+                entry = entries.get(doc_id)
+                if entry is None:
+                    continue
+                state, previous = entry
+                if not isinstance(state, MemoryState):
+                    continue
+                patch = MemoryPatch(access=state.access.of(me) + 1)
+                status, _ = self._sync_status_for(state, patch, previous)
+                op = author.make(doc_id, patch, state.heads)
+                state.apply(op)
+                writes.append((op, state, status, combine_status(previous, status)))
+            try:
+                await store.append_local_many(writes)
+            except BaseException:
+                author.last_seq -= len(writes)
+                raise
+        self._index_later()
+        return {
+            op.doc: state.to_document(doc)
+            for op, state, _, doc in writes
+            if isinstance(state, MemoryState)
+        }
+
     # --- replication -----------------------------------------------------------------
 
     async def iter_ops(self) -> AsyncIterator[Op]:
@@ -506,6 +695,8 @@ class AgentMemory:
             author.clock.observe(op.hlc)
             if op.writer == author.writer and op.seq > author.last_seq:
                 author.last_seq = op.seq  # our own ops, restored from elsewhere
+        if new:
+            self._index_later()
         return len(new)
 
     async def state_root(self) -> str:

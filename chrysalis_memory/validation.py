@@ -154,3 +154,26 @@ def limit(value: object, name: str = "limit") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
     return value
+
+
+MAX_QUERY_CHARS: Final = 8192
+
+
+def query(value: object) -> str:
+    """A search query: a non-empty string of reasonable length."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"query must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidArgumentError("query must not be empty: say what to recall")
+    if len(value) > MAX_QUERY_CHARS:
+        raise InvalidArgumentError(f"query is longer than {MAX_QUERY_CHARS} characters")
+    return value
+
+
+def positive(name: str, value: object, *, maximum: int) -> int:
+    """A whole number from 1 to ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidArgumentError(
+            f"{name} must be a whole number from 1 to {maximum}, got {value!r}"
+        )
+    return value

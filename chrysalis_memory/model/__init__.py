@@ -6,6 +6,7 @@ from chrysalis_memory.model.document import (
     EmbeddingDocument,
     MemoryDocument,
     MemoryType,
+    RecallHit,
     SyncStatus,
 )
 from chrysalis_memory.model.ops import (
@@ -36,6 +37,7 @@ __all__ = [
     "MemoryType",
     "Op",
     "OpAuthor",
+    "RecallHit",
     "Signer",
     "SyncStatus",
     "accrete",

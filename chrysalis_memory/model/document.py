@@ -89,3 +89,20 @@ class EmbeddingDocument(BaseModel):
     )
     created_at: float
     sync_status: SyncStatus = SyncStatus.PENDING
+
+
+class RecallHit(BaseModel):
+    """One result of :meth:`~chrysalis_memory.AgentMemory.recall`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory: MemoryDocument
+    score: float = Field(
+        description="The ranking score: 0.5 relevance + 0.3 confidence + 0.2 usage (spec §5.4)."
+    )
+    similarity: float = Field(
+        description="Cosine similarity of the memory's embedding to the query's (0 if unknown)."
+    )
+    relevance: float = Field(
+        description="Fused keyword and vector relevance in [0, 1] (1: first in every ranking)."
+    )

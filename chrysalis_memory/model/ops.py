@@ -16,7 +16,9 @@ import base64
 import binascii
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+import sys
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property, lru_cache
 from typing import Annotated, Any, Final, Literal
 
@@ -108,6 +110,37 @@ class EmbeddingPatch(
 
 
 Patch = MemoryPatch | EmbeddingPatch
+
+
+def text_hash(text: str) -> str:
+    """SHA-256 (hex) of a text: what an embedding is cached under."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def embedding_id(model: str, hashed_text: str) -> str:
+    """The id of the embedding document of a text under a model.
+
+    Derived, not chosen: every replica that embeds the same text with the same
+    model addresses the same document, so an embedding is made once and shared.
+    """
+    digest = hashlib.sha256(f"{model}\0{hashed_text}".encode()).hexdigest()
+    return EMBEDDING_ID_PREFIX + digest
+
+
+def encode_vector(vector: Sequence[float]) -> str:
+    """A vector as base64 of little-endian float32 (compact and exact)."""
+    values = array("f", vector)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return b64encode(values.tobytes())
+
+
+def decode_vector(encoded: str) -> list[float]:
+    values = array("f")
+    values.frombytes(b64decode(encoded))
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
 
 
 class Op(Struct, frozen=True, dict=True, forbid_unknown_fields=True, kw_only=True):

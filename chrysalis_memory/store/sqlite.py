@@ -339,6 +339,12 @@ class OpStore:
                 self._cache_put(doc_id, entry)
         return entry
 
+    async def checkout_many(self, doc_ids: Iterable[str]) -> dict[str, tuple[DocState, SyncStatus]]:
+        """:meth:`checkout` of several documents in one round trip."""
+        async with self._lock:
+            with _translated("reading documents"):
+                return await self._load_states(doc_ids)
+
     async def checkout(self, doc_id: str) -> tuple[DocState, SyncStatus] | None:
         """A document's state for a writer to change and pass to :meth:`append_local`.
 
@@ -657,18 +663,24 @@ class OpStore:
         self._wrote(1)
         return doc_status
 
-    async def append_local_many(self, writes: Sequence[tuple[Op, DocState, SyncStatus]]) -> None:
+    async def append_local_many(
+        self, writes: Sequence[tuple[Op, DocState, SyncStatus, SyncStatus]]
+    ) -> None:
         """Persist several ops written here, each with its document's new state, in one
-        transaction. Each document must appear once (no promotion here)."""
+        transaction: ``(op, state, op status, document status)``, one op per document,
+        no promotion."""
         if not writes:
             return
-        rows = [(*_op_row(op, st), False, *_doc_row(state, st)[1:]) for op, state, st in writes]
+        rows = [
+            (*_op_row(op, op_status), False, *_doc_row(state, doc_status)[1:])
+            for op, state, op_status, doc_status in writes
+        ]
         async with self._lock:
             with _translated("writing ops"):
                 async with self._transaction():
                     await self.db.executemany(_LOCAL_WRITE, rows)
-            for op, state, status in writes:
-                self._cache_put(op.doc, (state, status))
+            for op, state, _, doc_status in writes:
+                self._cache_put(op.doc, (state, doc_status))
         self._wrote(len(writes))
 
     async def ingest(

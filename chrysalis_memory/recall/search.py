@@ -1,0 +1,150 @@
+"""Hybrid search over one replica: retrieve, fuse, filter, rank."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Protocol
+
+from chrysalis_memory.model.document import SyncStatus
+from chrysalis_memory.model.ops import decode_vector, embedding_id, text_hash
+from chrysalis_memory.model.state import EmbeddingState, MemoryState
+from chrysalis_memory.recall.embedders import Embedder
+from chrysalis_memory.recall.ranking import (
+    collective_score,
+    fts_match,
+    reciprocal_rank_fusion,
+    relevance,
+)
+from chrysalis_memory.store import ListQuery, OpStore
+
+SearchMode = Literal["hybrid", "vector", "keyword"]
+OVERFETCH = 4
+"""Candidates fetched per retriever, per result wanted: room for fusion and filters."""
+
+
+class VectorHitLike(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def similarity(self) -> float: ...
+
+
+class VectorQuery(Protocol):
+    async def query(
+        self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None
+    ) -> Sequence[VectorHitLike]: ...
+
+
+class Candidate(NamedTuple):
+    state: MemoryState
+    status: SyncStatus
+    score: float
+    relevance: float
+    similarity: float
+
+
+async def search(
+    store: OpStore,
+    embedder: Embedder,
+    vectors: VectorQuery | None,
+    query: str,
+    k: int,
+    mode: SearchMode,
+    filters: ListQuery,
+) -> list[Candidate]:
+    """The best ``k`` live memories for ``query`` that pass ``filters``."""
+    fetch = max(OVERFETCH * k, 32)
+    rankings: list[list[str]] = []
+    similarity: dict[str, float] = {}
+    query_vector: list[float] | None = None
+    if mode != "keyword" and vectors is not None:
+        query_vector = (await embedder.embed([query]))[0]
+        hits = await vectors.query(query_vector, fetch, _vector_where(filters))
+        rankings.append([hit.id for hit in hits])
+        similarity = {hit.id: hit.similarity for hit in hits}
+    if mode != "vector":
+        match = fts_match(query)
+        if match is not None:
+            found = await store.search_text(match, fetch, filters)
+            rankings.append([doc_id for doc_id, _ in found])
+    fused = reciprocal_rank_fusion(rankings)
+    scaled = relevance(fused, max(len(rankings), 1))
+    states = await store.get_states(fused)
+    candidates: list[Candidate] = []
+    for doc_id in fused:
+        entry = states.get(doc_id)
+        if entry is None or not _passes(entry[0], filters):
+            continue
+        state = entry[0]
+        assert isinstance(state, MemoryState)
+        candidates.append(
+            Candidate(
+                state,
+                entry[1],
+                collective_score(scaled[doc_id], state.confidence.value or 0.0, state.access.value),
+                scaled[doc_id],
+                similarity.get(doc_id, math.nan),
+            )
+        )
+    candidates.sort(key=lambda c: (-c.score, c.state.id))
+    best = candidates[:k]
+    if query_vector is not None and any(math.isnan(c.similarity) for c in best):
+        best = await _fill_similarity(store, embedder.model, query_vector, best)
+    return [c._replace(similarity=0.0) if math.isnan(c.similarity) else c for c in best]
+
+
+def _vector_where(filters: ListQuery) -> dict[str, Any] | None:
+    """The filters Chroma can apply itself (scalar metadata); the rest are applied after."""
+    clauses: list[dict[str, Any]] = []
+    if filters.memory_type is not None:
+        clauses.append({"memory_type": filters.memory_type})
+    if filters.source is not None:
+        clauses.append({"source": filters.source})
+    if filters.since_ms is not None:
+        clauses.append({"updated_ms": {"$gte": filters.since_ms}})
+    if filters.until_ms is not None:
+        clauses.append({"updated_ms": {"$lte": filters.until_ms}})
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _passes(state: object, filters: ListQuery) -> bool:
+    """The authoritative check of a candidate against the filters (indexes may lag)."""
+    if not isinstance(state, MemoryState) or not state.exists or state.is_forgotten:
+        return False
+    created, updated = state.created.value, state.updated.value
+    if filters.memory_type is not None and state.memory_type.value != filters.memory_type:
+        return False
+    if filters.source is not None and (created is None or created[0].writer != filters.source):
+        return False
+    updated_ms = updated.wall_ms if updated else 0
+    if filters.since_ms is not None and updated_ms < filters.since_ms:
+        return False
+    if filters.until_ms is not None and updated_ms > filters.until_ms:
+        return False
+    return all(tag in state.tags for tag in filters.tags)
+
+
+async def _fill_similarity(
+    store: OpStore, model: str, query_vector: list[float], best: list[Candidate]
+) -> list[Candidate]:
+    """Cosine similarity of keyword-only hits, from their stored embeddings."""
+    ids = {c.state.id: embedding_id(model, text_hash(c.state.content.value or "")) for c in best}
+    embeddings = await store.get_states(ids.values())
+    filled: list[Candidate] = []
+    for c in best:
+        entry = embeddings.get(ids[c.state.id])
+        payload = entry[0].payload.value if entry and isinstance(entry[0], EmbeddingState) else None
+        if math.isnan(c.similarity) and payload is not None:
+            c = c._replace(similarity=_cosine(query_vector, decode_vector(payload.vector)))
+        filled.append(c)
+    return filled
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
