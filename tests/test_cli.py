@@ -14,15 +14,16 @@ import pytest
 CHRYSALIS = [sys.executable, "-m", "chrysalis_memory.cli"]
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHRYSALIS_")}
     env["COLUMNS"] = "200"  # keep rich from wrapping the output we search
+    env.update(extra)
     return subprocess.run(
         [*CHRYSALIS, *args], capture_output=True, text=True, timeout=120, env=env, cwd=cwd
     )
 
 
-@pytest.mark.parametrize("command", [[], ["status"], ["verify"], ["demo"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["status"], ["verify"], ["demo"], ["bench"], ["reindex"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -31,7 +32,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_top_level_help_lists_the_commands() -> None:
     result = run("--help")
-    for name in ("status", "verify", "demo", "bench"):
+    for name in ("status", "verify", "demo", "bench", "reindex"):
         assert name in result.stdout
 
 
@@ -56,6 +57,16 @@ def test_demo_then_status_and_verify(tmp_path: Path) -> None:
 
     table = run("status", "--data-dir", str(tmp_path))
     assert "demo-beta" in table.stdout
+    assert "recall embedder:" in table.stdout
+
+    offline = {"CHRYSALIS_EMBEDDER": "hashing"}  # whether or not Ollama runs here
+    reindexed = run("reindex", "--data-dir", str(tmp_path), "--agent-id", "demo-beta", **offline)
+    assert reindexed.returncode == 0, reindexed.stderr
+    assert "reindexed demo-beta" in reindexed.stdout
+    assert "chrysalis-hashing-v1-768" in reindexed.stdout
+    again = json.loads(run("status", "--data-dir", str(tmp_path), "--json", **offline).stdout)
+    assert "chrysalis-hashing-v1-768" in again["embedder"]
+    assert run("verify", "--data-dir", str(tmp_path)).returncode == 0
 
 
 def test_verify_exits_nonzero_on_damage(tmp_path: Path) -> None:

@@ -15,14 +15,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from chrysalis_memory import __version__
 from chrysalis_memory.cli.bench import bench
 from chrysalis_memory.cli.demo import demo
 from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
+from chrysalis_memory.config import AgentMemoryConfig
 from chrysalis_memory.errors import ChrysalisError
-from chrysalis_memory.memory import verify_store
+from chrysalis_memory.memory import AgentMemory, verify_store
+from chrysalis_memory.recall.embedders import select_embedder
 from chrysalis_memory.store import OpStore
 from chrysalis_memory.verifier import SignatureVerifier
 
@@ -119,8 +122,13 @@ def status(
     Reads the stores without locking them, so it works while agents run.
     """
     results = _per_agent(data_dir, agent_id, _status_of)
+    embedder = asyncio.run(_embedder_choice())
     if as_json:
-        print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
+        print(
+            json.dumps(
+                {"data_dir": str(data_dir), "embedder": embedder, "agents": results}, indent=2
+            )
+        )
         return
     table = Table(title=f"Chrysalis agents in {data_dir}")
     table.add_column("agent", no_wrap=True)
@@ -139,6 +147,7 @@ def status(
             r["state_root"][:12],
         )
     console.print(table)
+    console.print(f"recall embedder: {embedder}")
 
 
 @app.command()
@@ -163,6 +172,59 @@ def verify(
                 console.print(f"   - {problem}", markup=False)
     if not all(r["ok"] for r in results):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def reindex(
+    data_dir: DataDirOption = Path("./data"),
+    agent_id: AgentOption = None,
+) -> None:
+    """Rebuild each agent's keyword index and vector cache from its op log.
+
+    Embeddings already in the log are reused. The agent must not be running
+    (one process owns an agent's data directory).
+    """
+    try:
+        agents = find_agents(data_dir, agent_id)
+    except ChrysalisError as error:
+        err_console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    for agent, _ in agents:
+        try:
+            indexed, choice = asyncio.run(_reindex(data_dir, agent))
+        except ChrysalisError as error:
+            err_console.print(f"[bold red]error:[/] {agent}: {error}")
+            raise typer.Exit(code=2) from None
+        console.print(f"[green]reindexed[/] {agent}: {indexed} ops ({choice})")
+
+
+async def _reindex(data_dir: Path, agent: str) -> tuple[int, str]:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"indexing {agent}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        config = AgentMemoryConfig.from_env(agent_id=agent, data_dir=data_dir)
+        async with AgentMemory(config) as memory:
+            indexed = await memory.reindex(advance)
+            return indexed, memory.embedder_choice
+
+
+async def _embedder_choice() -> str:
+    config = AgentMemoryConfig.from_env()
+    embedder, reason = await select_embedder(
+        config.embedder, model=config.embedding_model, host=config.ollama_host
+    )
+    await embedder.aclose()
+    return reason
 
 
 app.command()(demo)
