@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import tempfile
 import time
 import uuid
@@ -32,6 +33,7 @@ from chrysalis_memory.errors import (
     KeyMismatchError,
     MalformedOpError,
     UnknownMemoryError,
+    VectorCacheCorruptError,
 )
 from chrysalis_memory.keys import load_or_create_signer
 from chrysalis_memory.model.document import MemoryDocument, RecallHit, SyncStatus
@@ -49,10 +51,12 @@ from chrysalis_memory.model.ops import (
 from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState, fold
 from chrysalis_memory.recall.embedders import Embedder
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
-from chrysalis_memory.recall.search import SearchMode, search
+from chrysalis_memory.recall.search import Candidate, SearchMode, search
 from chrysalis_memory.store import ListQuery, OpStore
 from chrysalis_memory.store.sqlite import combine_status
 from chrysalis_memory.verifier import SignatureVerifier
+
+log = logging.getLogger(__name__)
 
 OpInput = Op | bytes | str | Mapping[str, Any]
 """What :meth:`AgentMemory.merge_ops` accepts: ops, or their encodings."""
@@ -528,13 +532,17 @@ class AgentMemory:
             since_ms=check.timestamp_ms("since", since),
             until_ms=check.timestamp_ms("until", until),
         )
-        index = await self._recall_index()
-        if mode == "vector" and index.vectors is None:
+        if mode == "vector" and not self.config.local_vector_cache:
             raise InvalidArgumentError(
                 "vector search needs the local vector cache (local_vector_cache=True)"
             )
-        await index.flush()
-        found = await search(self.store, index.embedder, index.vectors, text, wanted, mode, filters)
+        try:
+            found = await self._search(text, wanted, mode, filters)
+        except VectorCacheCorruptError as error:
+            # Derived data only: rebuild it from the op log and answer from the new cache.
+            log.warning("vector cache damaged (%s): rebuilding it from the op log", error)
+            await self._reset_vector_cache()
+            found = await self._search(text, wanted, mode, filters)
         views = {c.state.id: c.state.to_document(c.status) for c in found}
         if record_access and found:
             views.update(await self._record_accesses([c.state.id for c in found]))
@@ -551,11 +559,33 @@ class AgentMemory:
     async def reindex(self, progress: Progress | None = None) -> int:
         """Rebuild the keyword index and the vector cache from the op log.
 
-        Embeddings already in the log are reused, not recomputed. Returns the
-        number of ops indexed.
+        Embeddings already in the log are reused, not recomputed. A damaged
+        vector cache is deleted and started afresh. Returns the number of ops
+        indexed.
         """
+        try:
+            index = await self._recall_index()
+            return await index.rebuild(progress)
+        except VectorCacheCorruptError:
+            await self._reset_vector_cache()
+            index = await self._recall_index()
+            return await index.rebuild(progress)
+
+    async def _search(
+        self, text: str, k: int, mode: SearchMode, filters: ListQuery
+    ) -> builtins.list[Candidate]:
         index = await self._recall_index()
-        return await index.rebuild(progress)
+        await index.flush()
+        return await search(self.store, index.embedder, index.vectors, text, k, mode, filters)
+
+    async def _reset_vector_cache(self) -> None:
+        """Close the recall index, delete the vector cache's directory (it is derived
+        data), so that the next use rebuilds it from the op log."""
+        from chrysalis_memory.recall.vectors import ChromaVectorCache
+
+        await self._close_recall()
+        if self.config.resolved_db_path is not None:
+            await ChromaVectorCache.reset_directory(self.config.agent_dir / "vectors")
 
     async def _recall_index(self) -> RecallIndex:
         """The recall index, created on first use (Chroma is costly to start)."""

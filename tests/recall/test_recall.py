@@ -230,3 +230,15 @@ async def test_background_indexing_catches_up(
         return await index.lag() == 0
 
     await wait_until(caught_up, what="the background indexer catching up")
+
+
+async def test_vector_cache_deleted_while_running_is_rebuilt(tmp_path: Path) -> None:
+    import shutil
+
+    async with AgentMemory(agent_id="agent-a", data_dir=tmp_path, embedder="hashing") as mem:
+        ids = await learn_facts(mem)
+        await mem.recall("warm up")
+        shutil.rmtree(tmp_path / "agent-a" / "vectors")
+        hits = await mem.recall("When is the staging DB restored each night?", k=1, mode="vector")
+        assert hits[0].memory.id == ids["backup"]
+        assert (tmp_path / "agent-a" / "vectors").is_dir()
