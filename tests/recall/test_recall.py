@@ -55,7 +55,7 @@ async def test_recall_finds_a_paraphrase_first(open_agent: Open) -> None:
     assert hits[0].score >= hits[1].score >= hits[2].score
     assert 0 < hits[0].relevance <= 1
     assert hits[0].similarity > hits[-1].similarity
-    assert "chrysalis-hashing-v1-768" in mem.embedder_choice
+    assert "chrysalis-hashing-v1-2048" in mem.embedder_choice
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
