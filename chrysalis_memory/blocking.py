@@ -122,6 +122,8 @@ class BlockingAgentMemory:
     forget = _blocking(AgentMemory.forget)
     record_access = _blocking(AgentMemory.record_access)
     list = _blocking(AgentMemory.list)
+    recall = _blocking(AgentMemory.recall)
+    reindex = _blocking(AgentMemory.reindex)
     history = _blocking(AgentMemory.history)
     export_ops = _blocking(AgentMemory.export_ops)
     merge_ops = _blocking(AgentMemory.merge_ops)

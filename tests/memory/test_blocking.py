@@ -12,7 +12,7 @@ from chrysalis_memory.errors import ClosedError, UnknownMemoryError
 
 
 def test_blocking_api_round_trip(tmp_path: Path) -> None:
-    with BlockingAgentMemory(agent_id="agent-a", data_dir=tmp_path) as mem:
+    with BlockingAgentMemory(agent_id="agent-a", data_dir=tmp_path, embedder="hashing") as mem:
         mid = mem.learn("plain code can use it", importance=0.9, tags=["sync"])
         mem.tag(mid, "extra")
         doc = mem.reinforce(mid, confidence=0.99)
@@ -20,6 +20,8 @@ def test_blocking_api_round_trip(tmp_path: Path) -> None:
         assert doc.confidence == 0.99
         assert [d.id for d in mem.list(tags=["sync"])] == [mid]
         assert [op.seq for op in mem.history(mid)] == [1, 2, 3]
+        hits = mem.recall("what can plain code use", k=1)
+        assert hits[0].memory.id == mid
         assert mem.verify().ok
         with pytest.raises(UnknownMemoryError):
             mem.update("ghost", content="x")
