@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 LATENCIES = ("learn", "learn_full", "get", "get_cold")
 THROUGHPUTS = ("fold", "ingest")
+RECALL_LATENCIES = ("recall_hybrid_1000", "recall_vector_1000", "recall_access_1000", "learn_embed")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_machine_and_settings_are_recorded(report: dict[str, Any]) -> None:
     assert isinstance(report["all_met"], bool)
 
 
-@pytest.mark.parametrize("name", LATENCIES + THROUGHPUTS)
+@pytest.mark.parametrize("name", LATENCIES + THROUGHPUTS + RECALL_LATENCIES + ("recall_quality",))
 def test_every_figure_has_a_baseline_and_a_ratio(report: dict[str, Any], name: str) -> None:
     figure = report[name]
     for key in ("value", "baseline", "ratio", "target", "met", "baseline_label", "unit"):
@@ -80,15 +81,17 @@ def test_every_figure_has_a_baseline_and_a_ratio(report: dict[str, Any], name: s
     if figure["checks"]:
         assert figure["met"] == all(check["met"] for check in figure["checks"])
     for check in figure["checks"]:
-        op_met = (
-            check["measured"] <= check["limit"]
-            if "<=" in check["target"]
-            else check["measured"] >= check["limit"]
-        )
+        if "<=" in check["target"]:
+            op_met = check["measured"] <= check["limit"]
+        elif ">=" in check["target"]:
+            op_met = check["measured"] >= check["limit"]
+        else:
+            assert ">" in check["target"]
+            op_met = check["measured"] > check["limit"]
         assert check["met"] == op_met
 
 
-@pytest.mark.parametrize("name", LATENCIES)
+@pytest.mark.parametrize("name", LATENCIES + RECALL_LATENCIES)
 def test_latencies_have_ordered_percentiles(report: dict[str, Any], name: str) -> None:
     figure = report[name]
     assert figure["unit"] == "ms"
@@ -128,6 +131,109 @@ def test_ingest_took_every_op_and_explains_its_cost(report: dict[str, Any]) -> N
     assert report["fold"]["details"]["documents"] == report["settings"]["fold_ops"] // 10
 
 
+def test_recall_settings_and_figures(report: dict[str, Any]) -> None:
+    assert report["settings"]["recall_sizes"] == [1000]  # --quick
+    assert report["settings"]["recall"] is True
+    assert report["machine"]["chromadb"]
+    recall_keys = sorted(k for k in report if k.startswith("recall_"))
+    assert recall_keys == [
+        "recall_access_1000",
+        "recall_hybrid_1000",
+        "recall_quality",
+        "recall_vector_1000",
+    ]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector"])
+def test_recall_latency_targets_and_build(report: dict[str, Any], mode: str) -> None:
+    figure = report[f"recall_{mode}_1000"]
+    assert {c["stat"] for c in figure["checks"]} == {"p50", "p99", "ratio"}
+    assert "raw chromadb collection.query" in figure["baseline_label"]
+    assert figure["n"] == 200
+    details = figure["details"]
+    assert details["size"] == 1000
+    assert details["dimensions"] == 768
+    assert details["mode"] == mode
+    assert details["record_access"] is False
+    assert details["build_seconds"] > 0
+    assert details["index_seconds"] > 0
+    parts = details["components_p50_ms"]
+    for step in ("embed_query", "raw_chroma_query_k5", "cache_query_fetch", "keyword_search"):
+        assert parts[step] > 0, step
+
+
+def test_recall_with_access_is_informational(report: dict[str, Any]) -> None:
+    figure = report["recall_access_1000"]
+    assert figure["met"] is None
+    assert figure["checks"] == []
+    assert figure["details"]["record_access"] is True
+
+
+def test_learn_with_embedding(report: dict[str, Any]) -> None:
+    figure = report["learn_embed"]
+    assert figure["met"] is None
+    alone = figure["details"]["embedder_alone"]
+    assert 0 < alone["p50_ms"] <= alone["p99_ms"]
+    assert "768" in figure["details"]["embedder"]
+
+
+def test_recall_quality_per_mode(report: dict[str, Any]) -> None:
+    figure = report["recall_quality"]
+    assert figure["unit"] == "score"
+    modes = figure["details"]["modes"]
+    assert set(modes) == {"vector", "keyword", "hybrid"}
+    for scores in modes.values():
+        assert set(scores) == {"recall@1", "recall@5", "mrr"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+        assert scores["recall@1"] <= scores["recall@5"]
+    assert figure["value"] == modes["hybrid"]["recall@5"]
+    assert figure["baseline"] == max(modes["vector"]["recall@5"], modes["keyword"]["recall@5"])
+    assert figure["met"] == (figure["value"] > figure["baseline"])
+
+
+def test_skip_recall_runs_the_core_alone(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chrysalis_memory.cli",
+            "bench",
+            "--json",
+            "--quick",
+            "--skip-recall",
+            "--n",
+            "40",
+            "--durability",
+            "normal",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "learn" in data
+    assert not any(key.startswith("recall_") or key == "learn_embed" for key in data)
+    assert data["settings"]["recall"] is False
+
+
+def test_bad_recall_sizes_are_rejected(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chrysalis_memory.cli", "bench", "--recall-sizes", "10k"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--recall-sizes" in result.stderr
+
+
 def test_human_output_is_a_table(tmp_path: Path) -> None:
     result = subprocess.run(
         [
@@ -150,7 +256,16 @@ def test_human_output_is_a_table(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for text in ("learn (normal) p50", "get (cold) p50", "fold", "ingest", "baseline", "ratio"):
+    for text in (
+        "learn (normal) p50",
+        "get (cold) p50",
+        "fold",
+        "ingest",
+        "baseline",
+        "ratio",
+        "recall hybrid 1k p50",
+        "quality recall@5",
+    ):
         assert text in result.stdout
     assert "learn (full)" not in result.stdout
     assert "PASS" in result.stdout or "MISS" in result.stdout

@@ -102,7 +102,7 @@ class Figure(BaseModel):
     short: str
     """A few words for table rows, e.g. ``learn (normal)``."""
     label: str
-    unit: Literal["ms", "ops/s"]
+    unit: Literal["ms", "ops/s", "score"]
     value: float
     baseline: float
     ratio: float
@@ -133,10 +133,16 @@ class Settings(BaseModel):
     seed: int = 20261120
     workdir: Path | None = None
     """Where the temporary databases go (default: the system temp dir)."""
+    core: bool = True
+    """Run the core figures (learn, get, fold, ingest)."""
+    recall: bool = True
+    """Run the recall figures (latency by store size, learn with embedding, quality)."""
+    recall_sizes: list[int] = Field(default_factory=lambda: [10_000, 100_000])
+    """Store sizes the recall latency is measured at (memories)."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {"n": 200, "warmup": 20}
+        values: dict[str, Any] = {"n": 200, "warmup": 20, "recall_sizes": [1000]}
         values.update(overrides)
         return cls(**values)
 
@@ -333,6 +339,7 @@ def machine_info(workdir: Path | None = None) -> dict[str, Any]:
         "cryptography": _version_of("cryptography"),
         "pynacl": _version_of("pynacl"),
         "msgspec": _version_of("msgspec"),
+        "chromadb": _version_of("chromadb"),
         "chrysalis_memory": _version_of("chrysalis-memory"),
         "workdir": str(where),
         "workdir_filesystem": _filesystem_of(where),
@@ -894,6 +901,37 @@ async def _ingest_components(encoded: Sequence[bytes]) -> dict[str, float]:
 # --- everything -----------------------------------------------------------------------
 
 
+async def _run_core(
+    root: Path,
+    primary: Durability,
+    settings: Settings,
+    reporter: Reporter,
+    figures: dict[str, Figure],
+) -> None:
+    for durability in settings.durabilities:
+        workdir = root / durability
+        workdir.mkdir()
+        is_primary = durability == primary
+        figure, mem, ids, raw, raw_ids = await bench_learn(
+            workdir, durability, settings, reporter, keep_open=is_primary
+        )
+        figures[figure.name] = figure
+        if is_primary:
+            assert mem is not None
+            assert raw is not None
+            warm, cold = await bench_get(workdir, mem, ids, raw, raw_ids, settings, reporter)
+            figures["get"] = warm
+            figures["get_cold"] = cold
+    count = max(settings.fold_ops, settings.ingest_ops)
+    ops = build_ops(count, settings.writers, settings.seed, reporter)
+    figures["fold"] = bench_fold(ops[: settings.fold_ops], settings, reporter)
+    ingest_dir = root / "ingest"
+    ingest_dir.mkdir()
+    figures["ingest"] = await bench_ingest(
+        ingest_dir, ops[: settings.ingest_ops], primary, settings, reporter
+    )
+
+
 async def run_benchmarks(
     settings: Settings | None = None, reporter: Reporter | None = None
 ) -> Report:
@@ -912,28 +950,12 @@ async def run_benchmarks(
     figures: dict[str, Figure] = {}
     try:
         primary = settings.durabilities[0]
-        for durability in settings.durabilities:
-            workdir = root / durability
-            workdir.mkdir()
-            is_primary = durability == primary
-            figure, mem, ids, raw, raw_ids = await bench_learn(
-                workdir, durability, settings, reporter, keep_open=is_primary
-            )
-            figures[figure.name] = figure
-            if is_primary:
-                assert mem is not None
-                assert raw is not None
-                warm, cold = await bench_get(workdir, mem, ids, raw, raw_ids, settings, reporter)
-                figures["get"] = warm
-                figures["get_cold"] = cold
-        count = max(settings.fold_ops, settings.ingest_ops)
-        ops = build_ops(count, settings.writers, settings.seed, reporter)
-        figures["fold"] = bench_fold(ops[: settings.fold_ops], settings, reporter)
-        ingest_dir = root / "ingest"
-        ingest_dir.mkdir()
-        figures["ingest"] = await bench_ingest(
-            ingest_dir, ops[: settings.ingest_ops], primary, settings, reporter
-        )
+        if settings.core:
+            await _run_core(root, primary, settings, reporter, figures)
+        if settings.recall:
+            from chrysalis_memory.bench.recall import run_recall_benchmarks
+
+            figures.update(await run_recall_benchmarks(root, settings, reporter))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if hasattr(os, "getloadavg"):

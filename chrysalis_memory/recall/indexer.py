@@ -197,6 +197,12 @@ class RecallIndex:
             if isinstance(state, MemoryState) and state.exists and not state.is_forgotten:
                 live[doc_id] = (state, status)
         gone = [doc_id for doc_id in memory_ids if doc_id not in live]
+        await self._share_promoted_embeddings(live)
+        indexed = await self.store.indexed_text(memory_ids)
+        for doc_id, (state, _) in list(live.items()):
+            if indexed.get(doc_id) == _indexed_fields(state):
+                del live[doc_id]  # only its counters changed (an access, a reinforcement)
+        gone = [doc_id for doc_id in gone if doc_id in indexed]
         if self.vectors is not None:
             vectors = await self._vectors_of(live)
             if gone:
@@ -207,11 +213,31 @@ class RecallIndex:
                     [vectors[doc_id] for doc_id in live],
                     [_metadata(state) for state, _ in live.values()],
                 )
-        rows = [
-            (doc_id, state.content.value or "", " ".join(sorted(state.tags.value)))
-            for doc_id, (state, _) in live.items()
+        rows = [(doc_id, *_indexed_fields(state)) for doc_id, (state, _) in live.items()]
+        await self.store.update_text_index(CURSOR_KEY, cursor, [*live, *gone], rows)
+
+    async def _share_promoted_embeddings(
+        self, live: dict[str, tuple[MemoryState, SyncStatus]]
+    ) -> None:
+        """Queue for sync the local embeddings of memories that are now shared
+        (a short-term memory was promoted: so is its embedding)."""
+        model = self.embedder.model
+        ids = [
+            embedding_id(model, text_hash(state.content.value or ""))
+            for state, status in live.values()
+            if status is not SyncStatus.LOCAL
         ]
-        await self.store.update_text_index(CURSOR_KEY, cursor, memory_ids, rows)
+        if not ids:
+            return
+        entries = await self.store.get_states(ids)
+        local = [
+            cid
+            for state, status in entries.values()
+            if status is SyncStatus.LOCAL
+            for cid in state.ops
+        ]
+        if local:
+            await self.store.set_status(local, SyncStatus.PENDING)
 
     async def _vectors_of(
         self, live: dict[str, tuple[MemoryState, SyncStatus]]
@@ -225,7 +251,6 @@ class RecallIndex:
         known = await self.store.get_states(ids.values())
         by_hash: dict[str, list[float]] = {}
         to_embed: dict[str, tuple[str, SyncStatus]] = {}
-        to_share: list[str] = []
         for doc_id, (state, status) in live.items():
             hashed = hashes[doc_id]
             entry = known.get(ids[hashed])
@@ -234,12 +259,6 @@ class RecallIndex:
             )
             if payload is not None:
                 by_hash[hashed] = decode_vector(payload.vector)
-                if (
-                    entry is not None
-                    and entry[1] is SyncStatus.LOCAL
-                    and status is not SyncStatus.LOCAL
-                ):
-                    to_share.extend(entry[0].ops)  # the memory was promoted: so is its embedding
             elif hashed not in to_embed or status is not SyncStatus.LOCAL:
                 to_embed[hashed] = (state.content.value or "", status)
         if to_embed:
@@ -255,17 +274,22 @@ class RecallIndex:
             ]
             await self._write_embeddings(fresh)
             by_hash.update((e.hashed_text, e.vector) for e in fresh)
-        if to_share:
-            await self.store.set_status(to_share, SyncStatus.PENDING)
         return {doc_id: by_hash[hashes[doc_id]] for doc_id in live}
 
 
+def _indexed_fields(state: MemoryState) -> tuple[str, str, str]:
+    """What the indexes hold of a memory: a memory is re-indexed when these change."""
+    return (
+        state.memory_type.value or "episodic",
+        state.content.value or "",
+        " ".join(sorted(state.tags.value)),
+    )
+
+
 def _metadata(state: MemoryState) -> dict[str, Any]:
-    """Scalar fields the vector cache can filter on."""
+    """Scalar fields the vector cache can filter on (they change only with re-indexing)."""
     created = state.created.value
-    updated = state.updated.value
     return {
         "memory_type": state.memory_type.value or "episodic",
         "source": created[0].writer if created else "",
-        "updated_ms": updated.wall_ms if updated else 0,
     }

@@ -54,15 +54,9 @@ def collective_score(relevance: float, confidence: float, access_count: int) -> 
     return RELEVANCE_WEIGHT * relevance + CONFIDENCE_WEIGHT * confidence + ACCESS_WEIGHT * usage
 
 
-def fts_match(query: str) -> str | None:
-    """An FTS5 expression matching any of the query's words (None if it has none).
-
-    Each word is quoted, so no user input is ever read as FTS5 syntax.
-    """
-    words = [w for w in _WORD.findall(query.lower()) if w not in _STOPWORDS]
-    if not words:
-        words = _WORD.findall(query.lower())
-    unique = list(dict.fromkeys(words))
-    if not unique:
-        return None
-    return " OR ".join('"' + word.replace('"', '""') + '"' for word in unique)
+def query_words(query: str) -> list[str]:
+    """The words of a query worth searching for: lower-cased, without stopwords
+    (unless it has nothing else), each once."""
+    words = _WORD.findall(query.lower())
+    kept = [w for w in words if w not in _STOPWORDS] or words
+    return list(dict.fromkeys(kept))

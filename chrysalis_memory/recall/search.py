@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
@@ -12,7 +13,7 @@ from chrysalis_memory.model.state import EmbeddingState, MemoryState
 from chrysalis_memory.recall.embedders import Embedder
 from chrysalis_memory.recall.ranking import (
     collective_score,
-    fts_match,
+    query_words,
     reciprocal_rank_fusion,
     relevance,
 )
@@ -21,6 +22,25 @@ from chrysalis_memory.store import ListQuery, OpStore
 SearchMode = Literal["hybrid", "vector", "keyword"]
 OVERFETCH = 4
 """Candidates fetched per retriever, per result wanted: room for fusion and filters."""
+FILTERED_OVERFETCH = 4
+"""Further factor when filters that only apply after retrieval are given."""
+CONSIDERED = 3
+"""Fused candidates ranked per result wanted (when no filter thins them out)."""
+
+
+async def _nothing() -> list[tuple[str, float]]:
+    return []
+
+
+async def _vector_search(
+    vectors: VectorQuery | None,
+    query_vector: list[float] | None,
+    fetch: int,
+    filters: ListQuery,
+) -> Sequence[VectorHitLike]:
+    if vectors is None or query_vector is None:
+        return []
+    return await vectors.query(query_vector, fetch, _vector_where(filters))
 
 
 class VectorHitLike(Protocol):
@@ -56,24 +76,38 @@ async def search(
 ) -> list[Candidate]:
     """The best ``k`` live memories for ``query`` that pass ``filters``."""
     fetch = max(OVERFETCH * k, 32)
-    rankings: list[list[str]] = []
-    similarity: dict[str, float] = {}
+    post_filtered = (
+        bool(filters.tags) or filters.since_ms is not None or filters.until_ms is not None
+    )
+    if post_filtered:
+        fetch *= FILTERED_OVERFETCH  # these filters are only applied after retrieval
     query_vector: list[float] | None = None
     if mode != "keyword" and vectors is not None:
         query_vector = (await embedder.embed([query]))[0]
-        hits = await vectors.query(query_vector, fetch, _vector_where(filters))
-        rankings.append([hit.id for hit in hits])
-        similarity = {hit.id: hit.similarity for hit in hits}
-    if mode != "vector":
-        match = fts_match(query)
-        if match is not None:
-            found = await store.search_text(match, fetch, filters)
-            rankings.append([doc_id for doc_id, _ in found])
+    # The two retrievers run at once: Chroma and SQLite each work on a thread of their own.
+    vector_hits, keyword_hits = await asyncio.gather(
+        _vector_search(vectors, query_vector, fetch, filters),
+        store.search_text(query_words(query), fetch) if mode != "vector" else _nothing(),
+    )
+    rankings = [
+        ranking
+        for ranking in (
+            [hit.id for hit in vector_hits] if query_vector is not None else None,
+            [doc_id for doc_id, _ in keyword_hits] if mode != "vector" else None,
+        )
+        if ranking is not None
+    ]
+    similarity = {hit.id: hit.similarity for hit in vector_hits}
     fused = reciprocal_rank_fusion(rankings)
     scaled = relevance(fused, max(len(rankings), 1))
-    states = await store.get_states(fused)
+    # Ranking can lift a memory a few places (confidence, use), not from the bottom of
+    # the fused list: only the head of it is read, unless filters will thin it out.
+    considered = sorted(fused, key=lambda doc_id: -fused[doc_id])
+    if not post_filtered and filters.memory_type is None and filters.source is None:
+        considered = considered[: max(CONSIDERED * k, 16)]
+    states = await store.get_states(considered)
     candidates: list[Candidate] = []
-    for doc_id in fused:
+    for doc_id in considered:
         entry = states.get(doc_id)
         if entry is None or not _passes(entry[0], filters):
             continue
@@ -96,16 +130,13 @@ async def search(
 
 
 def _vector_where(filters: ListQuery) -> dict[str, Any] | None:
-    """The filters Chroma can apply itself (scalar metadata); the rest are applied after."""
+    """The filters Chroma can apply itself (metadata that only changes when the memory is
+    re-indexed); tags and time are applied after retrieval, on the state itself."""
     clauses: list[dict[str, Any]] = []
     if filters.memory_type is not None:
         clauses.append({"memory_type": filters.memory_type})
     if filters.source is not None:
         clauses.append({"source": filters.source})
-    if filters.since_ms is not None:
-        clauses.append({"updated_ms": {"$gte": filters.since_ms}})
-    if filters.until_ms is not None:
-        clauses.append({"updated_ms": {"$lte": filters.until_ms}})
     if not clauses:
         return None
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}

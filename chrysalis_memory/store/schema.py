@@ -99,7 +99,7 @@ END;
 -- Keyword search over live memories, kept by the recall indexer (not by
 -- triggers: indexing happens after the write, off its hot path).
 CREATE VIRTUAL TABLE IF NOT EXISTS memory_fts USING fts5(
-    doc_id UNINDEXED, content, tags, tokenize = 'porter unicode61'
+    doc_id UNINDEXED, memory_type UNINDEXED, content, tags, tokenize = 'porter unicode61'
 );
 
 CREATE TABLE IF NOT EXISTS writers (

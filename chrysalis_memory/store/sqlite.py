@@ -55,6 +55,10 @@ _RANK_SQL: Final = (
 _BY_RANK: Final = {rank: status for status, rank in _STATUS_RANK.items()}
 _PAGE_CACHE_KIB: Final = 16 * 1024  # SQLite's default (2 MiB) thrashes once the log grows
 _CHUNK: Final = 500  # rows per IN (...) query, well under SQLite's variable limit
+_COMMON_WORD_SHARE: Final = 0.05
+"""Keyword search drops words found in more than this share of memories..."""
+_COMMON_WORD_MIN: Final = 1000
+"""...and in at least this many: small stores never drop a word."""
 _TAGS: Final = msgspec.json.Encoder(order="sorted")
 
 
@@ -193,6 +197,7 @@ class OpStore:
         self._cache: OrderedDict[str, tuple[DocState, SyncStatus]] = OrderedDict()
         self._db: aiosqlite.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._text_rows: int | None = None  # rows in the keyword index, when known
         # One connection: the lock keeps a transaction's statements together and
         # keeps readers from seeing a transaction that might still roll back.
         self._lock = asyncio.Lock()
@@ -395,23 +400,58 @@ class OpStore:
 
     # --- keyword search and the recall indexer's bookkeeping ------------------------
 
-    async def search_text(
-        self, match: str, limit: int, query: ListQuery
-    ) -> list[tuple[str, float]]:
-        """Live memories matching an FTS5 ``match`` expression, best first.
+    async def search_text(self, words: Sequence[str], limit: int) -> list[tuple[str, float]]:
+        """Live memories matching any of ``words``, best first, as (id, -bm25).
 
-        Returns ``(memory id, relevance)`` with relevance = -bm25 (higher is better).
+        BM25 scores every row that matches, so a word found in a large share of
+        memories makes a query cost in proportion to the store. Such words carry
+        little weight in BM25 (low IDF) and are dropped from the query, unless all
+        words are that common; then the memories containing all of them are asked
+        for instead. A sub-query capped at that share counts each word's matches,
+        so the check costs little whatever the store's size.
         """
-        clauses, params = _filters(query, table="d")
-        sql = (
-            "SELECT f.doc_id, bm25(memory_fts) AS rank FROM memory_fts AS f "
-            "JOIN docs AS d ON d.id = f.doc_id "
-            f"WHERE memory_fts MATCH ? AND {' AND '.join(clauses)} ORDER BY rank LIMIT ?"
-        )
+        if not words:
+            return []
+        quoted = ['"' + word.replace('"', '""') + '"' for word in dict.fromkeys(words)]
         async with self._lock:
             with _translated("searching text"):
-                rows = await self.db.execute_fetchall(sql, [match, *params, limit])
-        return [(doc_id, -rank) for doc_id, rank in rows]
+                if self._text_rows is None:
+                    rows = list(await self.db.execute_fetchall("SELECT COUNT(*) FROM memory_fts"))
+                    self._text_rows = int(rows[0][0])
+                cap = max(_COMMON_WORD_MIN, int(self._text_rows * _COMMON_WORD_SHARE))
+                counts = [
+                    "(SELECT COUNT(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? "
+                    "LIMIT ?))"
+                ] * len(quoted)
+                rows = list(
+                    await self.db.execute_fetchall(
+                        f"SELECT {', '.join(counts)}",
+                        [x for word in quoted for x in (word, cap)],
+                    )
+                )
+                common = {w for w, n in zip(quoted, rows[0], strict=True) if n >= cap}
+                rare = [w for w in quoted if w not in common]
+                match = " OR ".join(rare) if rare else " AND ".join(quoted)
+                found = await self.db.execute_fetchall(
+                    "SELECT doc_id, bm25(memory_fts) AS score FROM memory_fts "
+                    "WHERE memory_fts MATCH ? ORDER BY score LIMIT ?",
+                    (match, limit),
+                )
+        return [(doc_id, -score) for doc_id, score in found]
+
+    async def indexed_text(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """The keyword index's (memory type, content, tags) of these memories."""
+        result: dict[str, tuple[str, str, str]] = {}
+        async with self._lock:
+            with _translated("reading the keyword index"):
+                for chunk in _chunks(list(doc_ids)):
+                    rows = await self.db.execute_fetchall(
+                        "SELECT doc_id, memory_type, content, tags FROM memory_fts "
+                        f"WHERE doc_id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                    result.update((d, (t, c, g)) for d, t, c, g in rows)
+        return result
 
     async def meta(self, key: str) -> str | None:
         async with self._lock:
@@ -443,10 +483,10 @@ class OpStore:
         cursor_key: str,
         cursor: int,
         remove: Sequence[str],
-        add: Sequence[tuple[str, str, str]],
+        add: Sequence[tuple[str, str, str, str]],
     ) -> None:
-        """Replace the keyword-index rows of ``remove`` with ``add`` (id, content, tags)
-        and move the indexer's cursor, in one transaction."""
+        """Replace the keyword-index rows of ``remove`` with ``add`` (id, memory type,
+        content, tags) and move the indexer's cursor, in one transaction."""
         async with self._lock:
             with _translated("updating the keyword index"):
                 async with self._transaction():
@@ -456,13 +496,16 @@ class OpStore:
                             f"DELETE FROM memory_fts WHERE doc_id IN ({marks})", chunk
                         )
                     await self.db.executemany(
-                        "INSERT INTO memory_fts (doc_id, content, tags) VALUES (?, ?, ?)", add
+                        "INSERT INTO memory_fts (doc_id, memory_type, content, tags) "
+                        "VALUES (?, ?, ?, ?)",
+                        add,
                     )
                     await self.db.execute(
                         "INSERT INTO meta (key, value) VALUES (?, ?) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         (cursor_key, str(cursor)),
                     )
+                self._text_rows = None
 
     async def clear_text_index(self, cursor_key: str) -> None:
         async with self._lock:
@@ -470,6 +513,7 @@ class OpStore:
                 async with self._transaction():
                     await self.db.execute("DELETE FROM memory_fts")
                     await self.db.execute("DELETE FROM meta WHERE key = ?", (cursor_key,))
+                self._text_rows = 0
 
     async def text_index_size(self) -> int:
         async with self._lock:
