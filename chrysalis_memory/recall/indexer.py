@@ -92,6 +92,7 @@ class RecallIndex:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._checked = False
+        self._current = False  # True while everything written has been indexed
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class RecallIndex:
 
     def notify(self) -> None:
         """Something was written: index it once writes pause."""
+        self._current = False
         self._dirty.set()
 
     async def close(self) -> None:
@@ -135,18 +137,30 @@ class RecallIndex:
 
     async def flush(self, progress: Progress | None = None) -> int:
         """Index everything written so far; returns how many ops were indexed."""
+        if self._current:
+            return 0  # nothing was written since the last flush (one process owns the store)
         async with self._lock:
             if not self._checked:
                 await self._repair_if_stale()
                 self._checked = True
-            return await self._index_pending(progress)
+            self._current = True  # a write during the flush clears it again
+            try:
+                return await self._index_pending(progress)
+            except BaseException:
+                self._current = False
+                raise
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Drop both indexes and rebuild them from the op log (embeddings are reused)."""
         async with self._lock:
             await self._clear()
             self._checked = True
-            return await self._index_pending(progress)
+            self._current = True
+            try:
+                return await self._index_pending(progress)
+            except BaseException:
+                self._current = False
+                raise
 
     async def lag(self) -> int:
         """Ops written but not indexed yet."""

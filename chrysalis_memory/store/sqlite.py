@@ -57,6 +57,7 @@ _PAGE_CACHE_KIB: Final = 16 * 1024  # SQLite's default (2 MiB) thrashes once the
 _CHUNK: Final = 500  # rows per IN (...) query, well under SQLite's variable limit
 _COMMON_WORD_SHARE: Final = 0.05
 """Keyword search drops words found in more than this share of memories..."""
+_COMMON_WORDS_KEPT: Final = 50_000  # words whose commonness is remembered
 _COMMON_WORD_MIN: Final = 1000
 """...and in at least this many: small stores never drop a word."""
 _TAGS: Final = msgspec.json.Encoder(order="sorted")
@@ -198,6 +199,9 @@ class OpStore:
         self._db: aiosqlite.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._text_rows: int | None = None  # rows in the keyword index, when known
+        # Whether each word searched for is too common to search for (see search_text);
+        # forgotten whenever the keyword index changes.
+        self._common_words: dict[str, bool] = {}
         # One connection: the lock keeps a transaction's statements together and
         # keeps readers from seeing a transaction that might still roll back.
         self._lock = asyncio.Lock()
@@ -419,17 +423,23 @@ class OpStore:
                     rows = list(await self.db.execute_fetchall("SELECT COUNT(*) FROM memory_fts"))
                     self._text_rows = int(rows[0][0])
                 cap = max(_COMMON_WORD_MIN, int(self._text_rows * _COMMON_WORD_SHARE))
-                counts = [
-                    "(SELECT COUNT(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? "
-                    "LIMIT ?))"
-                ] * len(quoted)
-                rows = list(
-                    await self.db.execute_fetchall(
-                        f"SELECT {', '.join(counts)}",
-                        [x for word in quoted for x in (word, cap)],
+                if len(self._common_words) > _COMMON_WORDS_KEPT:
+                    self._common_words.clear()
+                unknown = [w for w in quoted if w not in self._common_words]
+                if unknown:
+                    counts = [
+                        "(SELECT COUNT(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? "
+                        "LIMIT ?))"
+                    ] * len(unknown)
+                    rows = list(
+                        await self.db.execute_fetchall(
+                            f"SELECT {', '.join(counts)}",
+                            [x for word in unknown for x in (word, cap)],
+                        )
                     )
-                )
-                common = {w for w, n in zip(quoted, rows[0], strict=True) if n >= cap}
+                    for word, n in zip(unknown, rows[0], strict=True):
+                        self._common_words[word] = n >= cap
+                common = {w for w in quoted if self._common_words[w]}
                 rare = [w for w in quoted if w not in common]
                 match = " OR ".join(rare) if rare else " AND ".join(quoted)
                 found = await self.db.execute_fetchall(
@@ -506,6 +516,7 @@ class OpStore:
                         (cursor_key, str(cursor)),
                     )
                 self._text_rows = None
+                self._common_words.clear()
 
     async def clear_text_index(self, cursor_key: str) -> None:
         async with self._lock:
@@ -514,6 +525,7 @@ class OpStore:
                     await self.db.execute("DELETE FROM memory_fts")
                     await self.db.execute("DELETE FROM meta WHERE key = ?", (cursor_key,))
                 self._text_rows = 0
+                self._common_words.clear()
 
     async def text_index_size(self) -> int:
         async with self._lock:
