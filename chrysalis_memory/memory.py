@@ -477,12 +477,12 @@ class AgentMemory:
         them; ``source`` is the creating agent; ``since``/``until`` bound the
         last update (datetime or Unix seconds).
         """
-        query = ListQuery(
-            memory_type=None if memory_type is None else check.memory_type(memory_type),
-            tags=check.tags(tags),
-            source=source,
-            since_ms=check.timestamp_ms("since", since),
-            until_ms=check.timestamp_ms("until", until),
+        query = _filters(
+            memory_type,
+            tags,
+            source,
+            since,
+            until,
             include_forgotten=include_forgotten,
             limit=check.limit(limit),
             offset=check.limit(offset, "offset"),
@@ -525,13 +525,7 @@ class AgentMemory:
         wanted = check.positive("k", k, maximum=1000)
         if mode not in ("hybrid", "vector", "keyword"):
             raise InvalidArgumentError(f"mode must be hybrid, vector or keyword; got {mode!r}")
-        filters = ListQuery(
-            memory_type=None if memory_type is None else check.memory_type(memory_type),
-            tags=check.tags(tags),
-            source=source,
-            since_ms=check.timestamp_ms("since", since),
-            until_ms=check.timestamp_ms("until", until),
-        )
+        filters = _filters(memory_type, tags, source, since, until)
         if mode == "vector" and not self.config.local_vector_cache:
             raise InvalidArgumentError(
                 "vector search needs the local vector cache (local_vector_cache=True)"
@@ -737,6 +731,25 @@ class AgentMemory:
         """Check every stored op (CID, signature, pinned key) and that every
         materialised document equals a replay of the op log."""
         return await verify_store(self.store, self._verifier)
+
+
+def _filters(
+    memory_type: str | None,
+    tags: Iterable[str] | None,
+    source: str | None,
+    since: Any,
+    until: Any,
+    **rest: Any,
+) -> ListQuery:
+    """The filters shared by ``list`` and ``recall``, checked."""
+    return ListQuery(
+        memory_type=None if memory_type is None else check.memory_type(memory_type),
+        tags=check.tags(tags),
+        source=source,
+        since_ms=check.timestamp_ms("since", since),
+        until_ms=check.timestamp_ms("until", until),
+        **rest,
+    )
 
 
 async def verify_store(store: OpStore, verifier: SignatureVerifier) -> VerifyReport:

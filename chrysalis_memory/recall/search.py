@@ -17,7 +17,7 @@ from chrysalis_memory.recall.ranking import (
     reciprocal_rank_fusion,
     relevance,
 )
-from chrysalis_memory.store import ListQuery, OpStore
+from chrysalis_memory.store import ListQuery, OpStore, RankFields
 
 SearchMode = Literal["hybrid", "vector", "keyword"]
 OVERFETCH = 4
@@ -105,25 +105,25 @@ async def search(
     considered = sorted(fused, key=lambda doc_id: -fused[doc_id])
     if not post_filtered and filters.memory_type is None and filters.source is None:
         considered = considered[: max(CONSIDERED * k, 16)]
-    states = await store.get_states(considered)
-    candidates: list[Candidate] = []
-    for doc_id in considered:
+    fields = await store.rank_fields(considered)
+    scored = sorted(
+        (
+            (collective_score(scaled[doc_id], f.confidence, f.access_count), doc_id)
+            for doc_id, f in fields.items()
+            if _passes(f, filters)
+        ),
+        key=lambda pair: (-pair[0], pair[1]),
+    )[:k]
+    # Only the results are decoded into full states (for their documents).
+    states = await store.get_states(doc_id for _, doc_id in scored)
+    best: list[Candidate] = []
+    for score, doc_id in scored:
         entry = states.get(doc_id)
-        if entry is None or not _passes(entry[0], filters):
+        if entry is None or not isinstance(entry[0], MemoryState) or not entry[0].exists:
             continue
-        state = entry[0]
-        assert isinstance(state, MemoryState)
-        candidates.append(
-            Candidate(
-                state,
-                entry[1],
-                collective_score(scaled[doc_id], state.confidence.value or 0.0, state.access.value),
-                scaled[doc_id],
-                similarity.get(doc_id, math.nan),
-            )
+        best.append(
+            Candidate(entry[0], entry[1], score, scaled[doc_id], similarity.get(doc_id, math.nan))
         )
-    candidates.sort(key=lambda c: (-c.score, c.state.id))
-    best = candidates[:k]
     if query_vector is not None and any(math.isnan(c.similarity) for c in best):
         best = await _fill_similarity(store, embedder.model, query_vector, best)
     return [c._replace(similarity=0.0) if math.isnan(c.similarity) else c for c in best]
@@ -142,21 +142,17 @@ def _vector_where(filters: ListQuery) -> dict[str, Any] | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _passes(state: object, filters: ListQuery) -> bool:
-    """The authoritative check of a candidate against the filters (indexes may lag)."""
-    if not isinstance(state, MemoryState) or not state.exists or state.is_forgotten:
+def _passes(fields: RankFields, filters: ListQuery) -> bool:
+    """Check a live candidate against the filters (the indexes may lag the store)."""
+    if filters.memory_type is not None and fields.memory_type != filters.memory_type:
         return False
-    created, updated = state.created.value, state.updated.value
-    if filters.memory_type is not None and state.memory_type.value != filters.memory_type:
+    if filters.source is not None and fields.source != filters.source:
         return False
-    if filters.source is not None and (created is None or created[0].writer != filters.source):
+    if filters.since_ms is not None and fields.updated_ms < filters.since_ms:
         return False
-    updated_ms = updated.wall_ms if updated else 0
-    if filters.since_ms is not None and updated_ms < filters.since_ms:
+    if filters.until_ms is not None and fields.updated_ms > filters.until_ms:
         return False
-    if filters.until_ms is not None and updated_ms > filters.until_ms:
-        return False
-    return all(tag in state.tags for tag in filters.tags)
+    return all(tag in fields.tags for tag in filters.tags)
 
 
 async def _fill_similarity(

@@ -1,5 +1,5 @@
 """Persistence: the SQLite op log and materialised documents."""
 
-from chrysalis_memory.store.sqlite import Durability, ListQuery, OpStore
+from chrysalis_memory.store.sqlite import Durability, ListQuery, OpStore, RankFields
 
-__all__ = ["Durability", "ListQuery", "OpStore"]
+__all__ = ["Durability", "ListQuery", "OpStore", "RankFields"]

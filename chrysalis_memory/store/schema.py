@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS docs (
     visibility  INTEGER NOT NULL,  -- 0: not created yet, 1: live, 2: forgotten
     memory_type TEXT,
     importance  REAL,
+    confidence  REAL,
+    accesses    INTEGER,
     source      TEXT,
     created_ms  INTEGER,
     updated_ms  INTEGER,
@@ -73,8 +75,9 @@ CREATE VIEW IF NOT EXISTS local_writes AS SELECT
     NULL AS cid, NULL AS doc_id, NULL AS writer, NULL AS wseq, NULL AS hlc_ms,
     NULL AS hlc_c, NULL AS body, NULL AS op_status, NULL AS promote,
     NULL AS doc_type, NULL AS state, NULL AS visibility, NULL AS memory_type,
-    NULL AS importance, NULL AS source, NULL AS created_ms, NULL AS updated_ms,
-    NULL AS updated_c, NULL AS tags, NULL AS doc_status;
+    NULL AS importance, NULL AS confidence, NULL AS accesses, NULL AS source,
+    NULL AS created_ms, NULL AS updated_ms, NULL AS updated_c, NULL AS tags,
+    NULL AS doc_status;
 
 CREATE TRIGGER IF NOT EXISTS local_writes_insert INSTEAD OF INSERT ON local_writes
 BEGIN
@@ -83,14 +86,16 @@ BEGIN
             NEW.op_status);
     UPDATE ops SET sync_status = 'pending'
     WHERE NEW.promote AND doc_id = NEW.doc_id AND sync_status = 'local';
-    INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, source,
+    INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, confidence,
+                      accesses, source,
                       created_ms, updated_ms, updated_c, tags, sync_status)
     VALUES (NEW.doc_id, NEW.doc_type, NEW.state, NEW.visibility, NEW.memory_type,
-            NEW.importance, NEW.source, NEW.created_ms, NEW.updated_ms, NEW.updated_c,
-            NEW.tags, NEW.doc_status)
+            NEW.importance, NEW.confidence, NEW.accesses, NEW.source, NEW.created_ms,
+            NEW.updated_ms, NEW.updated_c, NEW.tags, NEW.doc_status)
     ON CONFLICT (id) DO UPDATE SET
         state = excluded.state, visibility = excluded.visibility,
         memory_type = excluded.memory_type, importance = excluded.importance,
+        confidence = excluded.confidence, accesses = excluded.accesses,
         source = excluded.source, created_ms = excluded.created_ms,
         updated_ms = excluded.updated_ms, updated_c = excluded.updated_c,
         tags = excluded.tags, sync_status = excluded.sync_status;

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import aiosqlite
 import msgspec
@@ -61,6 +61,7 @@ _COMMON_WORDS_KEPT: Final = 50_000  # words whose commonness is remembered
 _COMMON_WORD_MIN: Final = 1000
 """...and in at least this many: small stores never drop a word."""
 _TAGS: Final = msgspec.json.Encoder(order="sorted")
+_TAGS_DECODER: Final = msgspec.json.Decoder(list[str])
 
 
 def combine_status(a: SyncStatus, b: SyncStatus) -> SyncStatus:
@@ -97,6 +98,8 @@ def _doc_row(state: DocState, status: SyncStatus) -> tuple[Any, ...]:
             visibility,
             state.memory_type.value,
             state.importance.value,
+            state.confidence.value,
+            state.access.value,
             None if created is None else created[0].writer,
             None if created is None else created[0].wall_ms,
             None if state.updated.value is None else state.updated.value.wall_ms,
@@ -109,6 +112,8 @@ def _doc_row(state: DocState, status: SyncStatus) -> tuple[Any, ...]:
         "embedding",
         state.encode(),
         1 if state.exists else 0,
+        None,
+        None,
         None,
         None,
         None,
@@ -126,20 +131,33 @@ _INSERT_OP: Final = (
 )
 _LOCAL_WRITE: Final = (
     "INSERT INTO local_writes (cid, doc_id, writer, wseq, hlc_ms, hlc_c, body, op_status, "
-    "promote, doc_type, state, visibility, memory_type, importance, source, "
+    "promote, doc_type, state, visibility, memory_type, importance, confidence, accesses, source, "
     "created_ms, updated_ms, updated_c, tags, doc_status) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_DOC: Final = (
-    "INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, source, "
+    "INSERT INTO docs (id, doc_type, state, visibility, memory_type, importance, confidence, "
+    "accesses, source, "
     "created_ms, updated_ms, updated_c, tags, sync_status) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET state = excluded.state, visibility = excluded.visibility, "
     "memory_type = excluded.memory_type, importance = excluded.importance, "
+    "confidence = excluded.confidence, accesses = excluded.accesses, "
     "source = excluded.source, created_ms = excluded.created_ms, "
     "updated_ms = excluded.updated_ms, updated_c = excluded.updated_c, tags = excluded.tags, "
     "sync_status = excluded.sync_status"
 )
+
+
+class RankFields(NamedTuple):
+    """The columns recall filters and ranks a live memory on."""
+
+    memory_type: str
+    source: str
+    updated_ms: int
+    tags: frozenset[str]
+    confidence: float
+    access_count: int
 
 
 class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -401,6 +419,28 @@ class OpStore:
                     self._cache_put(doc_id, entry)
             found.update(loaded)
         return found
+
+    async def rank_fields(self, doc_ids: Sequence[str]) -> dict[str, RankFields]:
+        """What recall filters and ranks on, for live memories, without decoding states."""
+        result: dict[str, RankFields] = {}
+        async with self._lock:
+            with _translated("reading documents"):
+                for chunk in _chunks(list(doc_ids)):
+                    rows = await self.db.execute_fetchall(
+                        "SELECT id, memory_type, source, updated_ms, tags, confidence, accesses "
+                        f"FROM docs WHERE visibility = 1 AND id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                    for doc_id, kind, source, updated, tags, confidence, accesses in rows:
+                        result[doc_id] = RankFields(
+                            kind or "episodic",
+                            source or "",
+                            updated or 0,
+                            frozenset(_TAGS_DECODER.decode(tags)),
+                            confidence or 0.0,
+                            accesses or 0,
+                        )
+        return result
 
     # --- keyword search and the recall indexer's bookkeeping ------------------------
 
