@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
+import numpy as np
+
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import decode_vector, embedding_id, text_hash
 from chrysalis_memory.model.state import EmbeddingState, MemoryState
@@ -172,6 +174,7 @@ async def _fill_similarity(
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+    x = np.asarray(a, dtype=np.float32)
+    y = np.asarray(b, dtype=np.float32)
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(np.dot(x, y)) / norm if norm else 0.0
