@@ -215,7 +215,9 @@ def _ms(seconds: float) -> float:
 
 
 def _ratio(value: float, baseline: float) -> float:
-    return round(value / baseline, 3) if baseline > 0 else math.inf
+    """value / baseline to four significant figures (a fixed number of decimals
+    would blur small ratios such as a throughput's 0.04)."""
+    return float(f"{value / baseline:.4g}") if baseline > 0 else math.inf
 
 
 def _latency_summary(samples: Sequence[float]) -> dict[str, float]:

@@ -333,15 +333,21 @@ class OpStore:
                 missing.append(doc_id)
             else:
                 found[doc_id] = entry
-        for chunk in _chunks(missing):
-            marks = ",".join("?" * len(chunk))
-            rows = await self.db.execute_fetchall(
-                f"SELECT id, doc_type, state, sync_status FROM docs WHERE id IN ({marks})",
-                chunk,
-            )
-            for doc_id, doc_type, blob, status in rows:
-                found[doc_id] = (decode_state(blob, doc_type), SyncStatus(status))
+        rows = await self._select_in(
+            "SELECT id, doc_type, state, sync_status FROM docs WHERE id IN ({marks})", missing
+        )
+        for doc_id, doc_type, blob, status in rows:
+            found[doc_id] = (decode_state(blob, doc_type), SyncStatus(status))
         return found
+
+    async def _select_in(self, sql: str, values: Iterable[Any]) -> list[Any]:
+        """Every row of ``sql`` whose ``{marks}`` is an ``IN`` list of ``values``, asked in
+        chunks under SQLite's variable limit. The caller holds the lock."""
+        rows: list[Any] = []
+        for chunk in _chunks(list(values)):
+            marks = ",".join("?" * len(chunk))
+            rows.extend(await self.db.execute_fetchall(sql.format(marks=marks), chunk))
+        return rows
 
     def release(self, doc_id: str, entry: tuple[DocState, SyncStatus]) -> None:
         """Return an unchanged checked-out document to the cache."""
@@ -425,21 +431,20 @@ class OpStore:
         result: dict[str, RankFields] = {}
         async with self._lock:
             with _translated("reading documents"):
-                for chunk in _chunks(list(doc_ids)):
-                    rows = await self.db.execute_fetchall(
-                        "SELECT id, memory_type, source, updated_ms, tags, confidence, accesses "
-                        f"FROM docs WHERE visibility = 1 AND id IN ({','.join('?' * len(chunk))})",
-                        chunk,
-                    )
-                    for doc_id, kind, source, updated, tags, confidence, accesses in rows:
-                        result[doc_id] = RankFields(
-                            kind or "episodic",
-                            source or "",
-                            updated or 0,
-                            frozenset(_TAGS_DECODER.decode(tags)),
-                            confidence or 0.0,
-                            accesses or 0,
-                        )
+                rows = await self._select_in(
+                    "SELECT id, memory_type, source, updated_ms, tags, confidence, accesses "
+                    "FROM docs WHERE visibility = 1 AND id IN ({marks})",
+                    doc_ids,
+                )
+        for doc_id, kind, source, updated, tags, confidence, accesses in rows:
+            result[doc_id] = RankFields(
+                kind or "episodic",
+                source or "",
+                updated or 0,
+                frozenset(_TAGS_DECODER.decode(tags)),
+                confidence or 0.0,
+                accesses or 0,
+            )
         return result
 
     # --- keyword search and the recall indexer's bookkeeping ------------------------
@@ -494,13 +499,12 @@ class OpStore:
         result: dict[str, tuple[str, str, str]] = {}
         async with self._lock:
             with _translated("reading the keyword index"):
-                for chunk in _chunks(list(doc_ids)):
-                    rows = await self.db.execute_fetchall(
-                        "SELECT doc_id, memory_type, content, tags FROM memory_fts "
-                        f"WHERE doc_id IN ({','.join('?' * len(chunk))})",
-                        chunk,
-                    )
-                    result.update((d, (t, c, g)) for d, t, c, g in rows)
+                rows = await self._select_in(
+                    "SELECT doc_id, memory_type, content, tags FROM memory_fts "
+                    "WHERE doc_id IN ({marks})",
+                    doc_ids,
+                )
+        result.update((d, (t, c, g)) for d, t, c, g in rows)
         return result
 
     async def meta(self, key: str) -> str | None:
@@ -618,30 +622,25 @@ class OpStore:
             after = rows[-1][0]  # type: ignore[index]
 
     async def known_cids(self, cids: Sequence[str]) -> set[str]:
-        known: set[str] = set()
         async with self._lock:
             with _translated("looking up ops"):
-                for chunk in _chunks(cids):
-                    rows = await self.db.execute_fetchall(
-                        f"SELECT cid FROM ops WHERE cid IN ({','.join('?' * len(chunk))})", chunk
-                    )
-                    known.update(cid for (cid,) in rows)
-        return known
+                return await self._known(cids)
+
+    async def _known(self, cids: Iterable[str]) -> set[str]:
+        rows = await self._select_in("SELECT cid FROM ops WHERE cid IN ({marks})", cids)
+        return {cid for (cid,) in rows}
 
     async def writer_keys(self, writers: Iterable[str]) -> dict[str, str]:
         """Pinned public keys of the given writers (those that have one)."""
-        names = list(dict.fromkeys(writers))
-        keys: dict[str, str] = {}
         async with self._lock:
             with _translated("reading writer keys"):
-                for chunk in _chunks(names):
-                    rows = await self.db.execute_fetchall(
-                        "SELECT writer, public_key FROM writers "
-                        f"WHERE writer IN ({','.join('?' * len(chunk))})",
-                        chunk,
-                    )
-                    keys.update((w, k) for w, k in rows)
-        return keys
+                return await self._pinned(dict.fromkeys(writers))
+
+    async def _pinned(self, writers: Iterable[str]) -> dict[str, str]:
+        rows = await self._select_in(
+            "SELECT writer, public_key FROM writers WHERE writer IN ({marks})", writers
+        )
+        return {writer: key for writer, key in rows}  # noqa: C416 (sqlite3 rows)
 
     async def pin_writer_key(self, writer: str, public_key: str) -> None:
         """Pin ``writer`` to ``public_key``, or raise if it is pinned to another key."""
@@ -707,14 +706,7 @@ class OpStore:
 
     async def _unpinned(self, keys: dict[str, str]) -> list[tuple[str, str]]:
         """Check writers against their pinned keys; returns the writers not yet pinned."""
-        pinned: dict[str, str] = {}
-        for chunk in _chunks(list(keys)):
-            rows = await self.db.execute_fetchall(
-                "SELECT writer, public_key FROM writers "
-                f"WHERE writer IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            pinned.update((w, k) for w, k in rows)
+        pinned = await self._pinned(keys)
         for writer, key in keys.items():
             if pinned.get(writer, key) != key:
                 raise ForgedWriterError(
@@ -856,12 +848,7 @@ class OpStore:
         return new_ops, touched
 
     async def _new_ops(self, ops: list[Op]) -> list[Op]:
-        known: set[str] = set()
-        for chunk in _chunks([op.cid for op in ops]):
-            rows = await self.db.execute_fetchall(
-                f"SELECT cid FROM ops WHERE cid IN ({','.join('?' * len(chunk))})", chunk
-            )
-            known.update(cid for (cid,) in rows)
+        known = await self._known(op.cid for op in ops)
         return [op for op in ops if op.cid not in known]
 
     async def _check_equivocation(self, ops: list[Op]) -> None:
@@ -908,16 +895,12 @@ class OpStore:
 
     async def sync_attempts(self, cids: Sequence[str]) -> dict[str, int]:
         """How many failed pushes each op has had (for backoff)."""
-        result: dict[str, int] = {}
         async with self._lock:
             with _translated("reading sync attempts"):
-                for chunk in _chunks(cids):
-                    marks = ",".join("?" * len(chunk))
-                    rows = await self.db.execute_fetchall(
-                        f"SELECT cid, attempts FROM ops WHERE cid IN ({marks})", chunk
-                    )
-                    result.update((c, n) for c, n in rows)
-        return result
+                rows = await self._select_in(
+                    "SELECT cid, attempts FROM ops WHERE cid IN ({marks})", cids
+                )
+        return {cid: attempts for cid, attempts in rows}  # noqa: C416 (sqlite3 rows)
 
     # --- integrity ------------------------------------------------------------------------
 
