@@ -25,6 +25,9 @@ async def main(data_dir: str) -> None:
         print(f"{doc.content!r}: importance {doc.importance}, confidence {doc.confidence}")
         print("memories tagged 'user':", [d.content for d in await mem.list(tags=["user"])])
         print("history:", [f"{op.writer}#{op.seq}" for op in await mem.history(mid)])
+        await mem.learn("Deploys happen on Tuesdays after the standup.", importance=0.8)
+        for hit in await mem.recall("how should I answer the user?", k=1):
+            print(f"recalled: {hit.memory.content!r} (score {hit.score:.2f})")
 
 
 if __name__ == "__main__":

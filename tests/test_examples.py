@@ -25,6 +25,7 @@ def test_quickstart(tmp_path: Path) -> None:
     assert "importance 0.9, confidence 0.95" in out
     assert "agent-001#1" in out
     assert "agent-001#2" in out
+    assert "recalled: 'The user prefers concise answers.'" in out
 
 
 def test_offline_agents_converge(tmp_path: Path) -> None:
