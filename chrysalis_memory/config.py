@@ -81,7 +81,10 @@ class GossipConfig(_EnvConfig):
 
     env_prefix: ClassVar[str] = "CHRYSALIS_GOSSIP_"
 
-    enabled: bool = Field(default=False, description="Listen for peers and gossip ops.")
+    enabled: bool = Field(
+        default=False,
+        description="Listen for peers and gossip ops (arrives in a later release).",
+    )
     fanout: int = Field(default=3, ge=1, le=64, description="Peers pushed to per round.")
     interval_ms: int = Field(default=500, ge=10, description="Time between gossip rounds.")
     max_retries: int = Field(default=3, ge=0, description="Retries of a failed push to a peer.")
@@ -204,7 +207,11 @@ class AgentMemoryConfig(_EnvConfig):
         default=60.0, gt=0, description="Seconds between background sync rounds."
     )
     sync_batch_size: int = Field(default=100, ge=1, le=10_000, description="Ops per push message.")
-    hub_url: str | None = Field(default=None, description="ws://host:port of the sync hub.")
+    hub_url: str | None = Field(
+        default=None,
+        description="ws://host:port of the sync hub (accepted now; sync arrives in a later "
+        "release, until then memories replicate through export_ops/merge_ops).",
+    )
     hub_token: SecretStr | None = Field(default=None, description="From `chrysalis token create`.")
 
     # promotion (short-term -> long-term)
@@ -224,7 +231,10 @@ class AgentMemoryConfig(_EnvConfig):
         default=True, description="Keep a local Chroma vector cache for recall."
     )
     vector_cache_threshold_bytes: int = Field(
-        default=10240, ge=0, description="Vectors larger than this stay with the hub only."
+        default=10240,
+        ge=0,
+        description="Vectors larger than this stay with the hub only (not used yet: the hub "
+        "arrives in a later release).",
     )
     embedder: EmbedderChoice = Field(
         default="auto", description="auto: Ollama when it answers, else the offline embedder."

@@ -165,6 +165,13 @@ class AgentMemory:
             self._release_data_dir()
             raise
         self._store = store
+        if cfg.hub_url is not None or cfg.gossip.enabled:
+            log.warning(
+                "%s: hub_url / gossip are set, but this version of chrysalis-memory has no "
+                "sync client yet; memories stay on this replica until they are exchanged "
+                "with export_ops() / merge_ops()",
+                cfg.agent_id,
+            )
         return self
 
     async def close(self) -> None:

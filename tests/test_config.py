@@ -135,3 +135,14 @@ async def test_agent_memory_accepts_config_or_keywords(
         assert overridden.config.data_dir == tmp_path
     assert (tmp_path / "env-agent" / "memory.db").exists()
     assert (tmp_path / "override" / "memory.db").exists()
+
+
+async def test_settings_of_later_releases_are_flagged_not_silently_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="chrysalis_memory.memory"):
+        async with AgentMemory(
+            agent_id="a1", data_dir=tmp_path, hub_url="ws://127.0.0.1:4444"
+        ) as mem:
+            await mem.learn("still works offline")
+    assert "no sync client yet" in caplog.text
