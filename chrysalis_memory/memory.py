@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock, Timeout
 from msgspec import UNSET
@@ -49,12 +49,14 @@ from chrysalis_memory.model.ops import (
     encode_vector,
 )
 from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState, fold
-from chrysalis_memory.recall.embedders import Embedder
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
 from chrysalis_memory.recall.search import Candidate, SearchMode, search
 from chrysalis_memory.store import ListQuery, OpStore
 from chrysalis_memory.store.sqlite import combine_status
 from chrysalis_memory.verifier import SignatureVerifier
+
+if TYPE_CHECKING:
+    from chrysalis_memory.recall.embedders import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from chrysalis_memory.errors import ChrysalisError, VectorCacheError
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import decode_vector, embedding_id, text_hash
 from chrysalis_memory.model.state import EmbeddingState, MemoryState
-from chrysalis_memory.recall.embedders import Embedder
 from chrysalis_memory.recall.search import VectorHitLike
 from chrysalis_memory.store import OpStore
+
+if TYPE_CHECKING:
+    from chrysalis_memory.recall.embedders import Embedder
 
 log = logging.getLogger(__name__)
 

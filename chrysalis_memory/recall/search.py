@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import decode_vector, embedding_id, text_hash
 from chrysalis_memory.model.state import EmbeddingState, MemoryState
-from chrysalis_memory.recall.embedders import Embedder
 from chrysalis_memory.recall.ranking import (
     collective_score,
     query_words,
@@ -20,6 +17,9 @@ from chrysalis_memory.recall.ranking import (
     relevance,
 )
 from chrysalis_memory.store import ListQuery, OpStore, RankFields
+
+if TYPE_CHECKING:
+    from chrysalis_memory.recall.embedders import Embedder
 
 SearchMode = Literal["hybrid", "vector", "keyword"]
 OVERFETCH = 4
@@ -174,6 +174,8 @@ async def _fill_similarity(
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    import numpy as np  # here, not at import time: only keyword-only hits need it
+
     x = np.asarray(a, dtype=np.float32)
     y = np.asarray(b, dtype=np.float32)
     norm = float(np.linalg.norm(x) * np.linalg.norm(y))
