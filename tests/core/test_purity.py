@@ -1,7 +1,8 @@
 """The core is pure: nothing under crdt/ or model/ does I/O or reaches upward.
 
 ARCHITECTURE §1: "Nothing in the core imports asyncio, sqlite3, chromadb or
-websockets." The core may import only itself (crdt, model) and errors.
+websockets." The core may import only itself (crdt, model, the sans-I/O sync
+protocol) and errors.
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ import chrysalis_memory
 
 PACKAGE_ROOT = Path(chrysalis_memory.__file__).parent
 CORE_PACKAGES = ("crdt", "model")
+CORE_FILES = ("sync/messages.py", "sync/protocol.py")
 FORBIDDEN = {"asyncio", "sqlite3", "aiosqlite", "chromadb", "websockets", "socket"}
-ALLOWED_INTERNAL = {"chrysalis_memory.crdt", "chrysalis_memory.model", "chrysalis_memory.errors"}
+ALLOWED_INTERNAL = {
+    "chrysalis_memory.crdt",
+    "chrysalis_memory.model",
+    "chrysalis_memory.errors",
+    "chrysalis_memory.sync.messages",
+    "chrysalis_memory.sync.protocol",
+}
 
-CORE_MODULES = sorted(p for pkg in CORE_PACKAGES for p in (PACKAGE_ROOT / pkg).rglob("*.py"))
+CORE_MODULES = sorted(
+    [p for pkg in CORE_PACKAGES for p in (PACKAGE_ROOT / pkg).rglob("*.py")]
+    + [PACKAGE_ROOT / f for f in CORE_FILES]
+)
 
 
 def module_name(path: Path) -> str:
@@ -64,7 +75,12 @@ def imports_of(source: str, package: str) -> set[str]:
 
 def test_core_modules_are_found() -> None:
     names = {module_name(p) for p in CORE_MODULES}
-    assert {"chrysalis_memory.crdt.hlc", "chrysalis_memory.model.ops"} <= names
+    assert {
+        "chrysalis_memory.crdt.hlc",
+        "chrysalis_memory.model.ops",
+        "chrysalis_memory.sync.protocol",
+        "chrysalis_memory.sync.messages",
+    } <= names
     assert len(CORE_MODULES) >= 10
 
 
