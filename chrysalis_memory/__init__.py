@@ -8,7 +8,7 @@ coordination and converge to the same state.
 from chrysalis_memory.blocking import BlockingAgentMemory
 from chrysalis_memory.config import AgentMemoryConfig, GossipConfig, HubConfig
 from chrysalis_memory.errors import ChrysalisError
-from chrysalis_memory.memory import AgentMemory, VerifyReport
+from chrysalis_memory.memory import AgentMemory
 from chrysalis_memory.model import (
     DocumentType,
     EmbeddingDocument,
@@ -18,6 +18,7 @@ from chrysalis_memory.model import (
     RecallHit,
     SyncStatus,
 )
+from chrysalis_memory.store.verify import VerifyReport
 
 __version__ = "0.1.0"
 

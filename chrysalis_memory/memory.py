@@ -11,7 +11,6 @@ import asyncio
 import builtins
 import logging
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock, Timeout
 from msgspec import UNSET
-from pydantic import BaseModel, Field
 
 from chrysalis_memory import validation as check
 from chrysalis_memory.config import AgentMemoryConfig
@@ -31,7 +29,6 @@ from chrysalis_memory.errors import (
     ForgedWriterError,
     InvalidArgumentError,
     KeyMismatchError,
-    MalformedOpError,
     UnknownMemoryError,
     VectorCacheCorruptError,
 )
@@ -48,11 +45,12 @@ from chrysalis_memory.model.ops import (
     embedding_id,
     encode_vector,
 )
-from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState, fold
+from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
 from chrysalis_memory.recall.search import Candidate, SearchMode, search
 from chrysalis_memory.store import ListQuery, OpStore
 from chrysalis_memory.store.sqlite import combine_status
+from chrysalis_memory.store.verify import VerifyReport, verify_store
 from chrysalis_memory.verifier import SignatureVerifier
 
 if TYPE_CHECKING:
@@ -62,16 +60,6 @@ log = logging.getLogger(__name__)
 
 OpInput = Op | bytes | str | Mapping[str, Any]
 """What :meth:`AgentMemory.merge_ops` accepts: ops, or their encodings."""
-
-
-class VerifyReport(BaseModel):
-    """The result of :meth:`AgentMemory.verify`."""
-
-    ok: bool
-    ops_checked: int
-    documents_checked: int
-    problems: list[str] = Field(default_factory=list)
-    seconds: float
 
 
 class AgentMemory:
@@ -758,43 +746,4 @@ def _filters(
         since_ms=check.timestamp_ms("since", since),
         until_ms=check.timestamp_ms("until", until),
         **rest,
-    )
-
-
-async def verify_store(store: OpStore, verifier: SignatureVerifier) -> VerifyReport:
-    """The integrity check behind :meth:`AgentMemory.verify` and ``chrysalis verify``."""
-    started = time.perf_counter()
-    problems = await store.integrity_problems()
-    keys = await store.all_writer_keys()
-    ops: list[Op] = []
-    async for rows in store.iter_stored():
-        for cid, body, writer in rows:
-            try:
-                op = decode_op(body)
-            except MalformedOpError as exc:
-                problems.append(f"op {cid}: cannot be decoded: {exc}")
-                continue
-            if op.cid != cid:
-                problems.append(f"op {cid}: its content hashes to {op.cid}: it was altered")
-                continue
-            if keys.get(writer) != op.key:
-                problems.append(f"op {cid}: signed by a key that is not {writer!r}'s pinned key")
-            ops.append(op)
-    problems.extend(str(error) for error in await verifier.invalid(ops))
-    replayed = fold(ops)
-    stored = await store.stored_states()
-    for doc_id in sorted(set(replayed) | set(stored)):
-        replay = replayed.get(doc_id)
-        if doc_id not in stored:
-            problems.append(f"document {doc_id}: in the op log but not materialised")
-        elif replay is None:
-            problems.append(f"document {doc_id}: materialised but has no ops")
-        elif replay.encode() != stored[doc_id][1]:
-            problems.append(f"document {doc_id}: materialised state differs from a replay")
-    return VerifyReport(
-        ok=not problems,
-        ops_checked=len(ops),
-        documents_checked=len(stored),
-        problems=problems,
-        seconds=round(time.perf_counter() - started, 3),
     )

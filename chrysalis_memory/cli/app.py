@@ -22,11 +22,13 @@ from chrysalis_memory import __version__
 from chrysalis_memory.cli.bench import bench
 from chrysalis_memory.cli.demo import demo
 from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
+from chrysalis_memory.cli.tokens import token_app
 from chrysalis_memory.config import AgentMemoryConfig
 from chrysalis_memory.errors import ChrysalisError
-from chrysalis_memory.memory import AgentMemory, verify_store
+from chrysalis_memory.memory import AgentMemory
 from chrysalis_memory.recall.embedders import select_embedder
 from chrysalis_memory.store import OpStore
+from chrysalis_memory.store.verify import verify_store
 from chrysalis_memory.verifier import SignatureVerifier
 
 app = typer.Typer(
@@ -228,6 +230,7 @@ async def _embedder_choice() -> str:
 
 
 app.command()(demo)
+app.add_typer(token_app, name="token")
 app.command()(bench)
 
 

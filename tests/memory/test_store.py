@@ -15,8 +15,8 @@ from chrysalis_memory.errors import (
     KeyMismatchError,
     StoreError,
 )
-from chrysalis_memory.memory import verify_store
 from chrysalis_memory.store import OpStore
+from chrysalis_memory.store.verify import verify_store
 from chrysalis_memory.verifier import SignatureVerifier
 
 
