@@ -157,3 +157,15 @@ class VectorCacheCorruptError(VectorCacheError):
     Close it, delete its directory (``ChromaVectorCache.reset_directory``) and
     rebuild it from the op log (``chrysalis reindex``).
     """
+
+
+# --- hub authentication -------------------------------------------------------------
+
+
+class AuthenticationError(ChrysalisError):
+    """A hub client could not be authenticated (missing, malformed, unknown or
+    revoked token), or presented a signing key other than the one bound to it."""
+
+
+class UnknownAgentError(UsageError, LookupError):
+    """The hub's token file has no token for this agent id."""
