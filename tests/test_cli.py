@@ -23,7 +23,10 @@ def run(*args: str, cwd: Path | None = None, **extra: str) -> subprocess.Complet
     )
 
 
-@pytest.mark.parametrize("command", [[], ["status"], ["verify"], ["demo"], ["bench"], ["reindex"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["status"], ["verify"], ["demo"], ["bench"], ["reindex"], ["token"], ["token", "create"]],
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -32,7 +35,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_top_level_help_lists_the_commands() -> None:
     result = run("--help")
-    for name in ("status", "verify", "demo", "bench", "reindex"):
+    for name in ("status", "verify", "demo", "bench", "reindex", "token"):
         assert name in result.stdout
 
 
