@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from chrysalis_memory._files import fsync_dir
 from chrysalis_memory.errors import StoreError
 from chrysalis_memory.model.ops import Signer
 
@@ -42,7 +43,7 @@ def load_or_create_signer(path: Path) -> Signer:
         return _load(path)
     finally:
         tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return signer
 
 
@@ -58,11 +59,3 @@ def _load(path: Path) -> Signer:
     if not isinstance(key, Ed25519PrivateKey):
         raise StoreError(f"{path} holds a {type(key).__name__}, not an ed25519 key")
     return Signer(key)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from filelock import FileLock, Timeout
 
+from chrysalis_memory._files import fsync_dir
 from chrysalis_memory.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -325,7 +326,7 @@ class TokenStore:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -373,11 +374,3 @@ def _check_key(public_key: str) -> None:
         raise InvalidArgumentError(
             "public_key must be an ed25519 public key: 43 characters of base64url"
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
