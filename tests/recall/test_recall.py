@@ -242,3 +242,14 @@ async def test_vector_cache_deleted_while_running_is_rebuilt(tmp_path: Path) -> 
         hits = await mem.recall("When is the staging DB restored each night?", k=1, mode="vector")
         assert hits[0].memory.id == ids["backup"]
         assert (tmp_path / "agent-a" / "vectors").is_dir()
+
+
+async def test_the_keyword_index_size_kept_in_memory_matches_a_count(open_agent: Open) -> None:
+    mem = await open_agent()
+    ids = await learn_facts(mem)
+    await mem.recall("capital of France")  # the size is known from here on
+    await mem.forget(ids["paris"])
+    await mem.update(ids["retry"], content="Never retry payment calls automatically.")
+    await mem.learn("One more fact about the office cat.", importance=0.9)
+    await mem.recall("office cat")
+    assert mem.store._text_rows == await mem.store.text_index_size() == len(FACTS)
