@@ -12,7 +12,16 @@ import builtins
 import logging
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -395,15 +404,22 @@ class AgentMemory:
             status, promote = self._sync_status_for(current, patch, previous)
             op = author.make(memory_id, patch, current.heads)
             current.apply(op)
-            try:
+            with self._minted(1):
                 doc_status = await store.append_local(
                     op, current, status, previous=previous, promote=promote
                 )
-            except BaseException:
-                author.last_seq -= 1  # the op was not stored: its number is still free
-                raise
         self._index_later()
         return current, doc_status
+
+    @contextmanager
+    def _minted(self, count: int) -> Iterator[None]:
+        """Around storing ``count`` ops just minted (under the write lock): if that
+        fails, they were not stored, so their sequence numbers are free again."""
+        try:
+            yield
+        except BaseException:
+            self._require_author().last_seq -= count
+            raise
 
     def _sync_status_for(
         self, state: MemoryState, patch: MemoryPatch, current: SyncStatus | None
@@ -642,11 +658,8 @@ class AgentMemory:
                 op = author.make(doc_id, patch)
                 state.apply(op)
                 writes.append((op, state, new.status, new.status))
-            try:
+            with self._minted(len(writes)):
                 await store.append_local_many(writes)
-            except BaseException:
-                author.last_seq -= len(writes)
-                raise
 
     async def _record_accesses(self, ids: builtins.list[str]) -> dict[str, MemoryDocument]:
         """Count one access to each memory, in one transaction; returns their new views."""
@@ -666,11 +679,8 @@ class AgentMemory:
                 op = author.make(doc_id, patch, state.heads)
                 state.apply(op)
                 writes.append((op, state, status, combine_status(previous, status)))
-            try:
+            with self._minted(len(writes)):
                 await store.append_local_many(writes)
-            except BaseException:
-                author.last_seq -= len(writes)
-                raise
         self._index_later()
         return {
             op.doc: state.to_document(doc)
