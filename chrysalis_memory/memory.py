@@ -714,6 +714,8 @@ class AgentMemory:
         if not decoded:
             return 0
         position = {op.cid: i for i, op in enumerate(decoded)}
+        # Ops already held need no signature check (their bytes hash to a stored CID).
+        # ingest() looks again inside its transaction, for ops that arrive meanwhile.
         known = await store.known_cids(list(position))
         fresh = [op for op in decoded if op.cid not in known]
 
