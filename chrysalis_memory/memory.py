@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import tempfile
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -39,7 +38,6 @@ from chrysalis_memory.errors import (
     InvalidArgumentError,
     KeyMismatchError,
     UnknownMemoryError,
-    VectorCacheCorruptError,
 )
 from chrysalis_memory.keys import load_or_create_signer
 from chrysalis_memory.model.document import MemoryDocument, RecallHit, SyncStatus
@@ -56,7 +54,8 @@ from chrysalis_memory.model.ops import (
 )
 from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
-from chrysalis_memory.recall.search import Candidate, SearchMode, search
+from chrysalis_memory.recall.search import SearchMode
+from chrysalis_memory.recall.service import RecallService
 from chrysalis_memory.store import ListQuery, OpStore
 from chrysalis_memory.store.sqlite import combine_status
 from chrysalis_memory.store.verify import VerifyReport, verify_store
@@ -107,17 +106,18 @@ class AgentMemory:
         self._verifier = SignatureVerifier()
         # Local writes are serialised so that sequence numbers commit in order.
         self._write_lock = asyncio.Lock()
-        self._recall: RecallIndex | None = None
-        self._recall_dir: tempfile.TemporaryDirectory[str] | None = None
-        self._recall_closers: builtins.list[Callable[[], Awaitable[None]]] = []
-        self.embedder_choice = ""
-        """Which embedder recall uses, and why (set when recall is first used)."""
+        self._recall: RecallService | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
     @property
     def agent_id(self) -> str:
         return self.config.agent_id
+
+    @property
+    def embedder_choice(self) -> str:
+        """Which embedder recall uses, and why (empty until recall is first used)."""
+        return self._recall.embedder_choice if self._recall is not None else ""
 
     @property
     def is_open(self) -> bool:
@@ -543,13 +543,7 @@ class AgentMemory:
             raise InvalidArgumentError(
                 "vector search needs the local vector cache (local_vector_cache=True)"
             )
-        try:
-            found = await self._search(text, wanted, mode, filters)
-        except VectorCacheCorruptError as error:
-            # Derived data only: rebuild it from the op log and answer from the new cache.
-            log.warning("vector cache damaged (%s): rebuilding it from the op log", error)
-            await self._reset_vector_cache()
-            found = await self._search(text, wanted, mode, filters)
+        found = await self._recall_service().search(text, wanted, mode, filters)
         views = {c.state.id: c.state.to_document(c.status) for c in found}
         if record_access and found:
             views.update(await self._record_accesses([c.state.id for c in found]))
@@ -570,70 +564,31 @@ class AgentMemory:
         vector cache is deleted and started afresh. Returns the number of ops
         indexed.
         """
-        try:
-            index = await self._recall_index()
-            return await index.rebuild(progress)
-        except VectorCacheCorruptError:
-            await self._reset_vector_cache()
-            index = await self._recall_index()
-            return await index.rebuild(progress)
+        return await self._recall_service().rebuild(progress)
 
-    async def _search(
-        self, text: str, k: int, mode: SearchMode, filters: ListQuery
-    ) -> builtins.list[Candidate]:
-        index = await self._recall_index()
-        await index.flush()
-        return await search(self.store, index.embedder, index.vectors, text, k, mode, filters)
-
-    async def _reset_vector_cache(self) -> None:
-        """Close the recall index, delete the vector cache's directory (it is derived
-        data), so that the next use rebuilds it from the op log."""
-        from chrysalis_memory.recall.vectors import ChromaVectorCache
-
-        await self._close_recall()
-        if self.config.resolved_db_path is not None:
-            await ChromaVectorCache.reset_directory(self.config.agent_dir / "vectors")
+    def _recall_service(self) -> RecallService:
+        if self._recall is None:
+            cfg = self.config
+            self._recall = RecallService(
+                self.store,
+                embedder=self._custom_embedder,
+                embedder_kind=cfg.embedder,
+                embedding_model=cfg.embedding_model,
+                ollama_host=cfg.ollama_host,
+                vectors=cfg.local_vector_cache,
+                vector_dir=None if cfg.resolved_db_path is None else cfg.agent_dir / "vectors",
+                write_embeddings=self._write_embeddings,
+            )
+        return self._recall
 
     async def _recall_index(self) -> RecallIndex:
-        """The recall index, created on first use (Chroma is costly to start)."""
-        if self._recall is not None:
-            return self._recall
-        from chrysalis_memory.recall.embedders import select_embedder
-        from chrysalis_memory.recall.vectors import ChromaVectorCache
-
-        cfg = self.config
-        store = self.store
-        if self._custom_embedder is not None:
-            embedder = self._custom_embedder
-            self.embedder_choice = f"{embedder.model}, passed to AgentMemory"
-        else:
-            embedder, self.embedder_choice = await select_embedder(
-                cfg.embedder, model=cfg.embedding_model, host=cfg.ollama_host
-            )
-            self._recall_closers.append(embedder.aclose)
-        vectors: ChromaVectorCache | None = None
-        if cfg.local_vector_cache:
-            if cfg.resolved_db_path is None:  # an in-memory replica: a throwaway cache
-                self._recall_dir = tempfile.TemporaryDirectory(prefix="chrysalis-vectors-")
-                where = Path(self._recall_dir.name)
-            else:
-                where = cfg.agent_dir / "vectors"
-            vectors = ChromaVectorCache(where, model=embedder.model, dimensions=embedder.dimensions)
-            await vectors.open()
-            self._recall_closers.append(vectors.close)
-        self._recall = RecallIndex(store, embedder, vectors, self._write_embeddings)
-        self._recall.start()
-        return self._recall
+        """The recall index, started on first use (benchmarks and tests look inside)."""
+        return await self._recall_service().index()
 
     async def _close_recall(self) -> None:
         if self._recall is not None:
             await self._recall.close()
             self._recall = None
-        while self._recall_closers:
-            await self._recall_closers.pop()()
-        if self._recall_dir is not None:
-            self._recall_dir.cleanup()
-            self._recall_dir = None
 
     def _index_later(self) -> None:
         if self._recall is not None:
@@ -641,8 +596,7 @@ class AgentMemory:
 
     async def _write_embeddings(self, embeddings: builtins.list[NewEmbedding]) -> None:
         """Record embeddings made here as signed ops, so they replicate."""
-        assert self._recall is not None
-        model = self._recall.embedder.model
+        model = (await self._recall_index()).embedder.model
         store, author = self.store, self._require_author()
         async with self._write_lock:
             writes = []
