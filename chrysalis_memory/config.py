@@ -119,6 +119,9 @@ class HubConfig(_EnvConfig):
     """The central sync hub (spec §3.2.3). Spec camelCase names are accepted."""
 
     env_prefix: ClassVar[str] = "CHRYSALIS_HUB_"
+    env_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "ollama_host": ("OLLAMA_HOST", "OLLAMA_BASE_URL"),
+    }
     model_config = ConfigDict(
         extra="forbid",
         validate_assignment=True,
@@ -133,7 +136,9 @@ class HubConfig(_EnvConfig):
     collective_db_path: Path | None = Field(
         default=None, description="Defaults to DATA_DIR/collective.db."
     )
-    tokens_file: Path | None = Field(default=None, description="Hashed agent tokens.")
+    tokens_file: Path | None = Field(
+        default=None, description="Hashed agent tokens; defaults to DATA_DIR/tokens.json."
+    )
     vector_index_type: Literal["hnsw", "flat"] = Field(
         default="hnsw", description="Collective vector index."
     )
@@ -146,7 +151,37 @@ class HubConfig(_EnvConfig):
         default=100, ge=1, le=10_000, description="Ops per message the hub sends."
     )
     max_message_bytes: int = Field(
-        default=4 << 20, ge=1024, description="Larger messages are refused with an error."
+        default=4 << 20,
+        ge=2 << 20,
+        description="Larger messages are refused with an error (at least 2 MiB: one op may "
+        "be 1 MiB).",
+    )
+    rate_limit_ops_per_s: float = Field(
+        default=20_000, gt=0, description="Ops one agent may push per second, on average."
+    )
+    rate_limit_burst_ops: int = Field(
+        default=40_000, ge=1, description="Ops one agent may push at once above its rate."
+    )
+    send_queue_frames: int = Field(
+        default=1024,
+        ge=1,
+        description="Frames queued for one agent; a slower consumer is disconnected (it "
+        "catches up by pulling when it reconnects).",
+    )
+    ping_interval_s: float = Field(
+        default=20.0, gt=0, description="Keepalive ping every this many seconds."
+    )
+    ping_timeout_s: float = Field(
+        default=20.0, gt=0, description="A connection whose pong is this late is closed."
+    )
+    embedder: EmbedderChoice = Field(
+        default="auto",
+        description="Embeds remote search queries and memories for the collective index; "
+        "use the agents' embedder so that their embeddings are reused.",
+    )
+    embedding_model: str = Field(default="nomic-embed-text", description="Ollama model name.")
+    ollama_host: str | None = Field(
+        default=None, description="Ollama's address (default: OLLAMA_HOST, else localhost)."
     )
     conflict_resolution: Literal["crdt"] = Field(
         default="crdt", description="Always CRDT merge: there is nothing to configure."
@@ -157,6 +192,10 @@ class HubConfig(_EnvConfig):
     @property
     def db_path(self) -> Path:
         return self.collective_db_path or self.data_dir / "collective.db"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.tokens_file or self.data_dir / "tokens.json"
 
 
 class AgentMemoryConfig(_EnvConfig):

@@ -169,3 +169,20 @@ class AuthenticationError(ChrysalisError):
 
 class UnknownAgentError(UsageError, LookupError):
     """The hub's token file has no token for this agent id."""
+
+
+# --- sync ---------------------------------------------------------------------------
+
+
+class SyncError(ChrysalisError):
+    """Syncing with the hub failed: it could not be reached in time, or it refused
+    this agent. Local writes are kept and pushed once the hub can be reached."""
+
+
+class HubUnreachableError(SyncError):
+    """The hub did not answer (not running, wrong ``hub_url``, network down)."""
+
+
+class HubRejectedError(SyncError, AuthenticationError):
+    """The hub refused this agent: its token is missing, wrong or revoked (HTTP 401),
+    or its signing key is not the one bound to it."""

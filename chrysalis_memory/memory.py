@@ -33,6 +33,7 @@ from chrysalis_memory.config import AgentMemoryConfig
 from chrysalis_memory.crdt.hlc import HybridClock
 from chrysalis_memory.errors import (
     ClosedError,
+    ConfigError,
     DataDirLockedError,
     ForgedWriterError,
     InvalidArgumentError,
@@ -54,7 +55,7 @@ from chrysalis_memory.model.ops import (
 )
 from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
-from chrysalis_memory.recall.search import SearchMode
+from chrysalis_memory.recall.search import Candidate, SearchMode
 from chrysalis_memory.recall.service import RecallService
 from chrysalis_memory.store import ListQuery, OpStore
 from chrysalis_memory.store.sqlite import combine_status
@@ -63,6 +64,7 @@ from chrysalis_memory.verifier import SignatureVerifier
 
 if TYPE_CHECKING:
     from chrysalis_memory.recall.embedders import Embedder
+    from chrysalis_memory.sync.client import SyncClient, SyncReport, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class AgentMemory:
         # Local writes are serialised so that sequence numbers commit in order.
         self._write_lock = asyncio.Lock()
         self._recall: RecallService | None = None
+        self._sync: SyncClient | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -164,17 +167,33 @@ class AgentMemory:
             self._release_data_dir()
             raise
         self._store = store
-        if cfg.hub_url is not None or cfg.gossip.enabled:
+        if cfg.hub_url is not None and cfg.sync_enabled:
+            from chrysalis_memory.sync.client import SyncClient
+
+            self._sync = SyncClient(
+                store,
+                self._merge_synced,
+                agent_id=cfg.agent_id,
+                public_key=signer.public_key,
+                url=cfg.hub_url,
+                token=cfg.hub_token.get_secret_value() if cfg.hub_token else None,
+                batch_size=cfg.sync_batch_size,
+            )
+            self._sync.start()
+        if cfg.gossip.enabled:
             log.warning(
-                "%s: hub_url / gossip are set, but this version of chrysalis-memory has no "
-                "sync client yet; memories stay on this replica until they are exchanged "
-                "with export_ops() / merge_ops()",
+                "%s: gossip is enabled, but this version of chrysalis-memory has no gossip "
+                "layer yet; memories reach other agents through the hub",
                 cfg.agent_id,
             )
         return self
 
     async def close(self) -> None:
-        """Close the store; everything acknowledged is already durable."""
+        """Close the store; everything acknowledged is already durable (and ops
+        not yet pushed to the hub are pushed at the next open)."""
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            await sync.close()
         await self._close_recall()
         store, self._store = self._store, None
         if store is not None:
@@ -408,7 +427,7 @@ class AgentMemory:
                 doc_status = await store.append_local(
                     op, current, status, previous=previous, promote=promote
                 )
-        self._index_later()
+        self._written()
         return current, doc_status
 
     @contextmanager
@@ -525,6 +544,7 @@ class AgentMemory:
         since: Any = None,
         until: Any = None,
         record_access: bool = True,
+        scope: Literal["local", "collective"] = "local",
     ) -> builtins.list[RecallHit]:
         """The ``k`` memories most relevant to ``query``, best first.
 
@@ -533,6 +553,11 @@ class AgentMemory:
         ranked by 0.5 relevance + 0.3 confidence + 0.2 usage (spec §5.4).
         Filters are those of :meth:`list`; forgotten memories never come back.
         Each hit's access count goes up (``record_access=False`` to only look).
+
+        ``scope="collective"`` also asks the hub to search the collective index
+        and merges its hits with the local ones (one hit per memory, the better
+        score); it needs a hub, and raises
+        :class:`~chrysalis_memory.errors.SyncError` if the hub cannot answer.
         """
         text = check.query(query)
         wanted = check.positive("k", k, maximum=1000)
@@ -543,7 +568,12 @@ class AgentMemory:
             raise InvalidArgumentError(
                 "vector search needs the local vector cache (local_vector_cache=True)"
             )
+        if scope not in ("local", "collective"):
+            raise InvalidArgumentError(f"scope must be local or collective; got {scope!r}")
+        sync = self._require_sync() if scope == "collective" else None
         found = await self._recall_service().search(text, wanted, mode, filters)
+        if sync is not None:
+            found = await self._with_collective(sync, text, wanted, filters, found)
         views = {c.state.id: c.state.to_document(c.status) for c in found}
         if record_access and found:
             views.update(await self._record_accesses([c.state.id for c in found]))
@@ -556,6 +586,43 @@ class AgentMemory:
             )
             for c in found
         ]
+
+    async def _with_collective(
+        self,
+        sync: SyncClient,
+        text: str,
+        k: int,
+        filters: ListQuery,
+        local: builtins.list[Candidate],
+    ) -> builtins.list[Candidate]:
+        """Merge the hub's hits into the local ones (spec §6.3): one per memory,
+        the better score first. A hit this replica does not hold yet is pulled."""
+        remote = await sync.search(
+            text,
+            k=k,
+            memory_type=filters.memory_type,  # type: ignore[arg-type]
+            tags=filters.tags,
+            source=filters.source,
+        )
+        best = {c.state.id: c for c in local}
+        scores = {hit.id: hit.score for hit in remote if hit.id not in best}
+        if not scores:
+            return local
+        held = await self.store.get_states(scores)
+        if len(held) < len(scores):
+            await sync.sync_now()  # written moments ago: the broadcast is on its way
+            held = await self.store.get_states(scores)
+        fields = await self.store.rank_fields(builtins.list(held))
+        for doc_id, (state, status) in held.items():
+            row = fields.get(doc_id)
+            if not isinstance(state, MemoryState) or row is None:
+                continue  # forgotten since, or not a memory
+            if filters.since_ms is not None and row.updated_ms < filters.since_ms:
+                continue
+            if filters.until_ms is not None and row.updated_ms > filters.until_ms:
+                continue
+            best[doc_id] = Candidate(state, status, scores[doc_id], 0.0, 0.0)
+        return sorted(best.values(), key=lambda c: (-c.score, c.state.id))[:k]
 
     async def reindex(self, progress: Progress | None = None) -> int:
         """Rebuild the keyword index and the vector cache from the op log.
@@ -590,9 +657,12 @@ class AgentMemory:
             await self._recall.close()
             self._recall = None
 
-    def _index_later(self) -> None:
+    def _written(self) -> None:
+        """Ops were stored: index them once writes pause, and push them now."""
         if self._recall is not None:
             self._recall.notify()
+        if self._sync is not None:
+            self._sync.notify()
 
     async def _write_embeddings(self, embeddings: builtins.list[NewEmbedding]) -> None:
         """Record embeddings made here as signed ops, so they replicate."""
@@ -635,7 +705,7 @@ class AgentMemory:
                 writes.append((op, state, status, combine_status(previous, status)))
             with self._minted(len(writes)):
                 await store.append_local_many(writes)
-        self._index_later()
+        self._written()
         return {
             op.doc: state.to_document(doc)
             for op, state, _, doc in writes
@@ -672,18 +742,32 @@ class AgentMemory:
         # ingest() looks again inside its transaction, for ops that arrive meanwhile.
         known = await store.known_cids(list(position))
         fresh = [op for op in decoded if op.cid not in known]
+        return await self._merge(fresh, SyncStatus.PENDING, position)
+
+    async def _merge_synced(self, ops: Sequence[Op]) -> int:
+        """Merge ops received from the hub (already decoded by the protocol)."""
+        return await self._merge(ops, SyncStatus.SYNCED)
+
+    async def _merge(
+        self, ops: Sequence[Op], status: SyncStatus, position: Mapping[str, int] | None = None
+    ) -> int:
+        """Verify and store ops from elsewhere; returns how many were new here."""
+        store = self.store
 
         def verify(chunk: Sequence[Op]) -> Awaitable[None]:
-            return self._verifier.check(chunk, [position[op.cid] for op in chunk])
+            indexes = [position[op.cid] for op in chunk] if position else None
+            return self._verifier.check(chunk, indexes)
 
-        new = await store.ingest(fresh, SyncStatus.PENDING, verify=verify)
+        new = await store.ingest(ops, status, verify=verify)
         author = self._require_author()
         for op in new:
             author.clock.observe(op.hlc)
             if op.writer == author.writer and op.seq > author.last_seq:
                 author.last_seq = op.seq  # our own ops, restored from elsewhere
-        if new:
-            self._index_later()
+        if new and self._recall is not None:
+            self._recall.notify()
+        if new and status is SyncStatus.PENDING and self._sync is not None:
+            self._sync.notify()
         return len(new)
 
     async def state_root(self) -> str:
@@ -694,6 +778,34 @@ class AgentMemory:
         """Check every stored op (CID, signature, pinned key) and that every
         materialised document equals a replay of the op log."""
         return await verify_store(self.store, self._verifier)
+
+    # --- the hub ---------------------------------------------------------------------
+
+    async def sync_now(self, timeout: float = 30.0) -> SyncReport:
+        """Push every pending op to the hub and pull everything new, now.
+
+        Sync runs in the background anyway (writes are pushed as they happen,
+        others' writes arrive as they are made); this waits until both are done.
+        Raises :class:`~chrysalis_memory.errors.HubUnreachableError` if the hub
+        cannot be reached within ``timeout`` (writes are kept and pushed later),
+        :class:`~chrysalis_memory.errors.HubRejectedError` if it refuses the
+        token, and :class:`~chrysalis_memory.errors.ConfigError` with no hub.
+        """
+        return await self._require_sync().sync_now(timeout)
+
+    def sync_state(self) -> SyncState | None:
+        """Where sync with the hub stands; None when no hub is configured."""
+        return None if self._sync is None else self._sync.state()
+
+    def _require_sync(self) -> SyncClient:
+        self.store  # noqa: B018 (raises ClosedError when closed)
+        if self._sync is None:
+            raise ConfigError(
+                "no hub is configured: set hub_url (CHRYSALIS_HUB_URL) and hub_token "
+                "(CHRYSALIS_HUB_TOKEN) to sync, e.g. "
+                "AgentMemory(agent_id=..., hub_url='ws://127.0.0.1:4444', hub_token=...)"
+            )
+        return self._sync
 
 
 def _filters(

@@ -142,7 +142,7 @@ async def test_settings_of_later_releases_are_flagged_not_silently_ignored(
 ) -> None:
     with caplog.at_level("WARNING", logger="chrysalis_memory.memory"):
         async with AgentMemory(
-            agent_id="a1", data_dir=tmp_path, hub_url="ws://127.0.0.1:4444"
+            agent_id="a1", data_dir=tmp_path, gossip=GossipConfig(enabled=True)
         ) as mem:
             await mem.learn("still works offline")
-    assert "no sync client yet" in caplog.text
+    assert "no gossip layer yet" in caplog.text

@@ -21,6 +21,7 @@ from rich.table import Table
 from chrysalis_memory import __version__
 from chrysalis_memory.cli.bench import bench
 from chrysalis_memory.cli.demo import demo
+from chrysalis_memory.cli.hub import hub
 from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
 from chrysalis_memory.cli.tokens import token_app
 from chrysalis_memory.config import AgentMemoryConfig
@@ -231,6 +232,7 @@ async def _embedder_choice() -> str:
 
 app.command()(demo)
 app.add_typer(token_app, name="token")
+app.command()(hub)
 app.command()(bench)
 
 

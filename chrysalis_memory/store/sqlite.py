@@ -20,7 +20,15 @@ import hashlib
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
@@ -504,6 +512,17 @@ class OpStore:
                     await self.db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
                 )
         return str(rows[0][0]) if rows else None
+
+    async def set_meta(self, values: Mapping[str, str]) -> None:
+        """Set metadata entries (a sync cursor, the hub's registry), in one transaction."""
+        async with self._lock:
+            with _translated("writing metadata"):
+                async with self._transaction():
+                    await self.db.executemany(
+                        "INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        list(values.items()),
+                    )
 
     async def changed_docs(self, after: int, limit: int) -> tuple[int, list[str]]:
         """Documents changed by ops that arrived after local op number ``after``.

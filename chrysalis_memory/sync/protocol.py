@@ -805,6 +805,22 @@ class ServerProtocol(_Protocol):
             UpdateMessage(v=self._wire_version(), ops=raw_ops(ops), after=after, cursor=cursor)
         )
 
+    def error(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        fatal: bool,
+        batch: int | None = None,
+        request: int | None = None,
+    ) -> bytes:
+        """An ``error`` frame; one naming a ``batch`` answers that push instead of an
+        ack (e.g. ``rate_limited``: the agent pushes its ops again later)."""
+        data = super().error(code, message, fatal=fatal, batch=batch, request=request)
+        if batch is not None:
+            self._batches.pop(batch, None)
+        return data
+
     def search_result(self, request: int, hits: Iterable[SearchHit | tuple[str, float]]) -> bytes:
         self._require(ServerState.READY, "send a search result")
         _check_id(request, "request")

@@ -1,0 +1,603 @@
+"""The sync hub: a replica with no agent of its own, behind a websocket gateway.
+
+Agents connect with a token (``Authorization: Bearer …``, checked in the
+handshake: a bad one gets HTTP 401 before any message is read), push their ops,
+pull the hub's log from a cursor, receive what others write as live updates,
+and search the collective index. The protocol logic is the sans-I/O
+:class:`~chrysalis_memory.sync.ServerProtocol`; this module moves its bytes,
+decides what to store, and owns the limits:
+
+* frames over ``max_message_bytes`` get a ``too_large`` error and a close
+  (twice that, and websockets closes with 1009 before reading it all);
+* each agent pushes at most ``rate_limit_ops_per_s`` (a token bucket of
+  ``rate_limit_burst_ops``); a push over it is answered ``rate_limited``;
+* ``max_connections`` in all, ``max_connections_per_agent`` each (HTTP 503);
+* every connection has its own queue of ``send_queue_frames``; an agent that
+  reads too slowly to keep up with the broadcast is disconnected (it pulls
+  what it missed when it reconnects) rather than stalling everyone else;
+* keepalive pings every ``ping_interval_s``, closed if unanswered.
+
+The hub stores ops in its log in arrival order; an op's position is its
+number, and cursors count in those numbers. Storing is idempotent by CID: a
+replayed push is acknowledged again and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from http import HTTPStatus
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+from filelock import FileLock, Timeout
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from chrysalis_memory.config import HubConfig
+from chrysalis_memory.errors import (
+    AuthenticationError,
+    ChrysalisError,
+    DataDirLockedError,
+    InvalidOpError,
+)
+from chrysalis_memory.hub.metrics import HubMetrics
+from chrysalis_memory.hub.registry import Registry
+from chrysalis_memory.hub.tokens import TokenStore
+from chrysalis_memory.model.document import SyncStatus
+from chrysalis_memory.model.ops import Op
+from chrysalis_memory.recall.service import RecallService
+from chrysalis_memory.store import ListQuery, OpStore
+from chrysalis_memory.sync import (
+    ClientError,
+    HelloReceived,
+    PullRequested,
+    PushReceived,
+    SearchRequested,
+    ServerEvent,
+    ServerProtocol,
+    SyncProtocolError,
+)
+from chrysalis_memory.verifier import SignatureVerifier
+
+if TYPE_CHECKING:
+    from chrysalis_memory.recall.embedders import Embedder
+
+log = logging.getLogger(__name__)
+
+HUB_ID_KEY: Final = "hub_id"
+REGISTRY_KEY: Final = "hub_registry"
+_FRAME_OVERHEAD: Final = 256  # bytes of an ops page around its ops
+_SAVE_EVERY_S: Final = 1.0
+
+
+class TokenBucket:
+    """``rate`` units per second on average, at most ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self, units: int) -> float:
+        """Take ``units`` and return 0, or take nothing and return the seconds to wait."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if units <= self._tokens:
+            self._tokens -= units
+            return 0.0
+        return (min(units, self.burst) - self._tokens) / self.rate
+
+
+class Hub:
+    """The hub. ``async with Hub(HubConfig(...)) as hub:`` serves until closed.
+
+    Ports 0 pick free ports (see :attr:`port` and :attr:`http_port`).
+    ``embedder`` replaces the configured one for the collective index.
+    """
+
+    def __init__(self, config: HubConfig | None = None, *, embedder: Embedder | None = None):
+        self.config = config or HubConfig.from_env()
+        self.tokens = TokenStore(self.config.tokens_path)
+        self.registry = Registry()
+        self.metrics = HubMetrics(self.registry, lambda: self.head)
+        self.hub_id = ""
+        self.head = 0
+        """The number of the last op in the hub's log."""
+        self._embedder = embedder
+        self._store: OpStore | None = None
+        self._recall: RecallService | None = None
+        self._verifier = SignatureVerifier()
+        self._lock_file: FileLock | None = None
+        self._servers: list[Server] = []
+        self._sessions: set[_Session] = set()
+        self._authenticated: dict[uuid.UUID, str] = {}  # handshakes accepted, by connection
+        self._connections = 0
+        self._per_agent: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._commit = asyncio.Lock()  # log numbering and broadcast order
+        self._saver: asyncio.Task[None] | None = None
+        self._started = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @property
+    def store(self) -> OpStore:
+        if self._store is None:
+            raise ChrysalisError("the hub is not running")
+        return self._store
+
+    @property
+    def port(self) -> int:
+        """The websocket port agents connect to."""
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int:
+        return int(self._servers[1].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}"
+
+    async def start(self) -> Hub:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(cfg.data_dir / "hub.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise DataDirLockedError(
+                f"{cfg.data_dir} is in use by another hub: one hub owns a data directory"
+            ) from None
+        self._lock_file = lock
+        try:
+            await self._open(cfg)
+        except BaseException:
+            await self.close()
+            raise
+        self._started = time.monotonic()
+        log.info(
+            "hub %s serving %s (http %d), %d ops", self.hub_id, self.url, self.http_port, self.head
+        )
+        return self
+
+    async def _open(self, cfg: HubConfig) -> None:
+        store = self._store = OpStore(cfg.db_path)
+        await store.open()
+        self.hub_id = await store.meta(HUB_ID_KEY) or f"hub-{uuid.uuid4().hex[:12]}"
+        await store.set_meta({HUB_ID_KEY: self.hub_id})
+        self.head = await store.last_seqno()
+        self.registry = Registry.load(await store.meta(REGISTRY_KEY))
+        self.metrics = HubMetrics(self.registry, lambda: self.head)
+        self._recall = RecallService(
+            store,
+            embedder=self._embedder,
+            embedder_kind=cfg.embedder,
+            embedding_model=cfg.embedding_model,
+            ollama_host=cfg.ollama_host,
+            vector_dir=cfg.data_dir / "vectors",
+        )
+        common: dict[str, Any] = {
+            "compression": None,  # CPU is scarcer than loopback bandwidth
+            "ping_interval": cfg.ping_interval_s,
+            "ping_timeout": cfg.ping_timeout_s,
+        }
+        self._servers.append(
+            await serve(
+                self._serve_agent,
+                cfg.host,
+                cfg.websocket_port,
+                process_request=self._authenticate,
+                max_size=2 * cfg.max_message_bytes,
+                max_queue=64,
+                server_header="chrysalis-hub",
+                **common,
+            )
+        )
+        self._servers.append(
+            await serve(
+                self._never_upgrade,
+                cfg.host,
+                cfg.http_port,
+                process_request=self._http,
+                server_header="chrysalis-hub",
+                **common,
+            )
+        )
+        self._saver = asyncio.create_task(self._save_registry_often())
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
+        if self._recall is not None:
+            await self._recall.close()
+            self._recall = None
+        if self._store is not None:
+            with contextlib.suppress(ChrysalisError):
+                await self._store.set_meta({REGISTRY_KEY: self.registry.dump()})
+            await self._store.close()
+            self._store = None
+        self._verifier.close()
+        if self._lock_file is not None:
+            self._lock_file.release()
+            self._lock_file = None
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(server.serve_forever() for server in self._servers))
+
+    async def __aenter__(self) -> Hub:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _save_registry_often(self) -> None:
+        while True:
+            await asyncio.sleep(_SAVE_EVERY_S)
+            if self.registry.dirty:
+                try:
+                    await self.store.set_meta({REGISTRY_KEY: self.registry.dump()})
+                except ChrysalisError as error:  # bookkeeping only: retried next time
+                    log.warning("could not save the agent registry: %s", error)
+
+    # --- the handshake and HTTP ------------------------------------------------------
+
+    def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Runs before the websocket exists: no message is read from a stranger."""
+        try:
+            agent = self.tokens.authenticate(request.headers.get("Authorization"))
+        except AuthenticationError as error:
+            self.metrics.refused.labels("unauthorized").inc()
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{error}\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="chrysalis-hub"'
+            return response
+        if self._connections >= self.config.max_connections:
+            self.metrics.refused.labels("hub_full").inc()
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the hub is at its limit of {self.config.max_connections} connections\n",
+            )
+        if self._per_agent.get(agent, 0) >= self.config.max_connections_per_agent:
+            self.metrics.refused.labels("agent_limit").inc()
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"agent {agent!r} already holds {self.config.max_connections_per_agent} "
+                "connections: close one first\n",
+            )
+        self._authenticated[connection.id] = agent
+        return None
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
+            body = json.dumps(self.health()).encode()
+            return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
+        if path == "/metrics":
+            return Response(
+                200,
+                "OK",
+                Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}),
+                self.metrics.render(),
+            )
+        return connection.respond(HTTPStatus.NOT_FOUND, "try /health or /metrics\n")
+
+    async def _never_upgrade(self, connection: ServerConnection) -> None:
+        await connection.close()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "hub_id": self.hub_id,
+            "ops": self.head,
+            "connections": len(self._sessions),
+            "agents": len(self.registry),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+        }
+
+    # --- sessions ----------------------------------------------------------------------
+
+    async def _serve_agent(self, connection: ServerConnection) -> None:
+        agent = self._authenticated.pop(connection.id)
+        session = _Session(self, connection, agent)
+        self._connections += 1
+        self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
+        self.metrics.connections.inc()
+        try:
+            await session.run()
+        finally:
+            self._connections -= 1
+            self._per_agent[agent] -= 1
+            if session.greeted:
+                self.registry.disconnected(agent)
+            self.metrics.connections.dec()
+
+    def keys(self) -> dict[str, str]:
+        """Every registered signing key, for agents to verify relayed ops."""
+        return self.tokens.public_keys()
+
+    def bucket(self, agent: str) -> TokenBucket:
+        bucket = self._buckets.get(agent)
+        if bucket is None:
+            cfg = self.config
+            bucket = self._buckets[agent] = TokenBucket(
+                cfg.rate_limit_ops_per_s, cfg.rate_limit_burst_ops
+            )
+        return bucket
+
+    # --- storing and relaying --------------------------------------------------------
+
+    async def accept(
+        self, agent: str, key: str, ops: Sequence[Op], origin: _Session | None
+    ) -> tuple[list[str], dict[str, str]]:
+        """Store what ``agent`` (signing with ``key``) may write; returns the accepted
+        CIDs (new or already held) and the rejected ones with a reason."""
+        started = time.perf_counter()
+        rejected: dict[str, str] = {}
+        candidates: list[Op] = []
+        for op in ops:
+            if op.writer != agent:
+                rejected[op.cid] = f"forbidden_writer: {agent!r} may not write as {op.writer!r}"
+            elif op.key != key:
+                rejected[op.cid] = "forbidden_writer: not signed with the key bound to the agent"
+            else:
+                candidates.append(op)
+        if candidates:
+            for error in await self._verifier.invalid(candidates):
+                rejected[candidates[error.index or 0].cid] = f"bad_signature: {error}"
+            candidates = [op for op in candidates if op.cid not in rejected]
+        if candidates:
+            rejected.update(await self._store_and_relay(candidates, origin))
+        self.metrics.ops_in.inc(len(ops))
+        for reason in rejected.values():
+            self.metrics.ops_rejected.labels(reason.split(":", 1)[0]).inc()
+        self.metrics.ingest_seconds.observe(time.perf_counter() - started)
+        accepted = [op.cid for op in ops if op.cid not in rejected]
+        return accepted, rejected
+
+    async def _store_and_relay(self, ops: list[Op], origin: _Session | None) -> dict[str, str]:
+        store = self.store
+        rejected: dict[str, str] = {}
+        async with self._commit:
+            try:
+                new = await store.ingest(ops, SyncStatus.SYNCED)
+            except InvalidOpError:
+                # One bad op (an equivocation, say) must not sink the others: one by one.
+                new = []
+                for op in ops:
+                    try:
+                        new += await store.ingest([op], SyncStatus.SYNCED)
+                    except InvalidOpError as error:
+                        rejected[op.cid] = f"{_reason(error)}: {error}"
+            if not new:
+                return rejected
+            after, self.head = self.head, self.head + len(new)
+            self.registry.stored(new)
+            self.metrics.ops_stored.inc(len(new))
+            for session in list(self._sessions):
+                session.relay(new, after, self.head)
+        if self._recall is not None:
+            self._recall.notify()
+        return rejected
+
+    async def page(self, after: int, limit: int) -> tuple[list[Op], int, bool]:
+        """The ops numbered after ``after``: at most ``limit``, and no more than fit
+        in one frame. Returns them, the page's last number and whether more follow."""
+        budget = self.config.max_message_bytes - _FRAME_OVERHEAD
+        head = self.head
+        ops: list[Op] = []
+        cursor = after
+        if after < head:
+            async for seqno, op, _ in self.store.iter_ops(after=after, batch=limit):
+                size = len(op.encoded) + 1
+                if ops and size > budget:
+                    break
+                if seqno > head:  # stored, but its relay is still on its way
+                    break
+                ops.append(op)
+                budget -= size
+                cursor = seqno
+                if len(ops) >= limit:
+                    break
+        return ops, cursor, cursor < head
+
+    async def search(self, request: SearchRequested) -> list[tuple[str, float]]:
+        if self._recall is None:
+            return []
+        filters = request.filters
+        found = await self._recall.search(
+            request.text,
+            request.k,
+            "hybrid",
+            ListQuery(
+                memory_type=filters.memory_type if filters else None,
+                tags=tuple(filters.tags) if filters else (),
+                source=filters.source if filters else None,
+            ),
+        )
+        self.metrics.searches.inc()
+        return [(c.state.id, float(c.score)) for c in found]
+
+
+def _reason(error: InvalidOpError) -> str:
+    name = type(error).__name__.removesuffix("Error")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+class _Session:
+    """One agent's connection: reads frames in order, writes from its own queue."""
+
+    def __init__(self, hub: Hub, connection: ServerConnection, agent: str) -> None:
+        cfg = hub.config
+        self.hub = hub
+        self.connection = connection
+        self.agent = agent
+        self.protocol = ServerProtocol(
+            hub.hub_id,
+            max_message_bytes=cfg.max_message_bytes,
+            max_batch=cfg.sync_batch_size,
+            authenticated_agent=agent,
+        )
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(cfg.send_queue_frames)
+        self.key = ""
+        self.covered = 0
+        """The agent holds every op of the log up to here (as far as the hub knows)."""
+        self.greeted = False
+        self._last: bytes | None = None  # a fatal error to send before closing
+        self._searches: set[asyncio.Task[None]] = set()
+        self._closer: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        try:
+            async for frame in self.connection:
+                self.hub.metrics.bytes_in.inc(len(frame))
+                try:
+                    events = self.protocol.receive(frame)
+                except SyncProtocolError as error:
+                    self.hub.metrics.messages_rejected.labels(error.code).inc()
+                    log.info("%s: %s (closing)", self.agent, error)
+                    self._last = self.protocol.error_for(error)
+                    break
+                for event in events:
+                    await self._handle(event)
+                if self._last is not None or self.protocol.closed:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub._sessions.discard(self)
+            for task in self._searches:
+                task.cancel()
+            await self._close(writer)
+
+    async def _close(self, writer: asyncio.Task[None]) -> None:
+        """Send what is queued (and the error that ends the session), then close."""
+        if self._last is not None and not writer.done():
+            with contextlib.suppress(asyncio.QueueFull):
+                self.outbox.put_nowait(self._last)
+                self.outbox.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(asyncio.shield(writer), timeout=5.0)
+            await self.connection.close(1008, "protocol error")
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await writer
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self.outbox.get()
+            if frame is None:
+                return
+            await self.connection.send(frame, text=True)
+            self.hub.metrics.bytes_out.inc(len(frame))
+
+    async def _send(self, frame: bytes) -> None:
+        await self.outbox.put(frame)
+
+    async def _handle(self, event: ServerEvent) -> None:
+        if isinstance(event, PushReceived):
+            await self._push(event)
+        elif isinstance(event, PullRequested):
+            ops, cursor, more = await self.hub.page(event.after, event.limit)
+            await self._send(self.protocol.ops(ops, cursor, more=more))
+            self.hub.metrics.ops_out.labels("page").inc(len(ops))
+            if event.after <= self.covered:
+                self._saw(cursor)
+        elif isinstance(event, SearchRequested):
+            task = asyncio.create_task(self._search(event))
+            self._searches.add(task)
+            task.add_done_callback(self._searches.discard)
+        elif isinstance(event, HelloReceived):
+            await self._hello(event)
+        elif isinstance(event, ClientError):
+            log.info("%s reports %s: %s", self.agent, event.code, event.message)
+
+    async def _hello(self, event: HelloReceived) -> None:
+        hub = self.hub
+        try:
+            hub.tokens.bind_key(self.agent, event.public_key)
+            await hub.store.pin_writer_key(self.agent, event.public_key)
+        except (AuthenticationError, InvalidOpError) as error:
+            hub.metrics.messages_rejected.labels("unauthorized").inc()
+            self._last = self.protocol.error("unauthorized", str(error), fatal=True)
+            return
+        self.key = event.public_key
+        self.covered = event.cursor
+        # Registered before the welcome is queued: no relay can slip between the
+        # welcome's cursor and the first update.
+        hub._sessions.add(self)
+        hub.registry.connected(self.agent, event.cursor)
+        self.greeted = True
+        await self._send(self.protocol.welcome(hub.head, hub.keys()))
+
+    async def _push(self, event: PushReceived) -> None:
+        wait = self.hub.bucket(self.agent).take(len(event.ops))
+        if wait:
+            self.hub.metrics.messages_rejected.labels("rate_limited").inc()
+            message = f"over {self.hub.config.rate_limit_ops_per_s:g} ops/s: retry in {wait:.2f} s"
+            await self._send(
+                self.protocol.error("rate_limited", message, fatal=False, batch=event.batch)
+            )
+            return
+        accepted, rejected = await self.hub.accept(self.agent, self.key, event.ops, self)
+        await self._send(self.protocol.ack(event.batch, accepted, rejected))
+
+    async def _search(self, event: SearchRequested) -> None:
+        try:
+            hits = await self.hub.search(event)
+            frame = self.protocol.search_result(event.request, hits)
+        except ChrysalisError as error:
+            log.warning("search for %s failed: %s", self.agent, error)
+            frame = self.protocol.error("internal", str(error), fatal=False, request=event.request)
+        await self._send(frame)
+
+    def relay(self, new: list[Op], after: int, cursor: int) -> None:
+        """Queue an update with the ops just stored that this agent did not write."""
+        if not self.greeted or self.protocol.closed:
+            return
+        ops = [op for op in new if op.writer != self.agent]
+        frame = self.protocol.update(ops, after, cursor)
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._drop()
+            return
+        self.hub.metrics.ops_out.labels("update").inc(len(ops))
+        if after <= self.covered:
+            self._saw(cursor)
+
+    def _saw(self, cursor: int) -> None:
+        self.covered = max(self.covered, cursor)
+        self.hub.registry.saw(self.agent, self.covered)
+
+    def _drop(self) -> None:
+        """Too slow to keep up: disconnect rather than hold everyone back."""
+        log.warning("%s reads too slowly: disconnecting it (it will catch up)", self.agent)
+        self.hub.metrics.dropped.inc()
+        self.hub._sessions.discard(self)
+        self.protocol.close()
+        self._closer = asyncio.create_task(
+            self.connection.close(1013, "too slow: reconnect and pull")
+        )

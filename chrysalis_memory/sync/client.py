@@ -1,0 +1,585 @@
+"""The agent's sync worker: keeps a replica in step with the hub, in the background.
+
+With ``hub_url`` set, :class:`~chrysalis_memory.AgentMemory` runs one
+:class:`SyncClient`. It connects (token in the handshake), says hello with its
+cursor, then at once:
+
+* pushes the agent's pending ops in batches (a few batches in flight) and
+  marks them synced when acknowledged (spec §2.4: LOCAL → PENDING → SYNCED;
+  an op the hub refuses goes to RETRY and waits for the next session);
+* pulls the hub's log from its cursor until caught up, merging each page;
+* merges live updates as they arrive, pulling to fill any gap;
+* answers :meth:`SyncClient.sync_now` and remote searches.
+
+The cursor is saved with the hub's id, so a restart resumes where it stopped,
+and a different (or restored) hub is read again from the start. When the hub
+cannot be reached, it retries with exponential backoff and full jitter; local
+writes go on and queue. Everything is idempotent by CID: a replayed push or a
+duplicate update changes nothing. The protocol logic is the sans-I/O
+:class:`~chrysalis_memory.sync.ClientProtocol`; this module moves its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final, Literal
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from chrysalis_memory.errors import (
+    ChrysalisError,
+    HubRejectedError,
+    HubUnreachableError,
+    InvalidOpError,
+    SyncError,
+)
+from chrysalis_memory.model.document import SyncStatus
+from chrysalis_memory.model.ops import MemoryKind, Op
+from chrysalis_memory.store import OpStore
+from chrysalis_memory.sync.messages import SearchHit, SyncProtocolError
+from chrysalis_memory.sync.protocol import (
+    Acked,
+    ClientEvent,
+    ClientProtocol,
+    OpsReceived,
+    SearchResult,
+    ServerError,
+    UpdateReceived,
+    Welcome,
+)
+
+log = logging.getLogger(__name__)
+
+CURSOR_KEY: Final = "sync_cursor"
+HUB_ID_KEY: Final = "sync_hub_id"
+_WINDOW: Final = 4  # pushed batches awaiting their ack at once
+_FRAME_OVERHEAD: Final = 256
+_SAVE_CURSOR_EVERY_S: Final = 0.5
+_RETRY_LATER: Final = frozenset({"rate_limited", "internal"})
+
+Merge = Callable[[Sequence[Op]], Awaitable[int]]
+"""Stores ops received from the hub (verified, marked synced); returns how many were new."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delays between reconnection attempts: exponential, capped, with full jitter
+    (each delay uniform in [0, cap]), so that agents cut off together do not all
+    come back at the same instant."""
+
+    base_s: float = 0.2
+    cap_s: float = 30.0
+
+    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
+        return rand() * min(self.cap_s, self.base_s * 2.0 ** min(failures, 30))
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncReport:
+    """What :meth:`SyncClient.sync_now` did."""
+
+    pushed: int
+    """Ops the hub acknowledged during the call."""
+    pulled: int
+    """Ops received that were new here."""
+    cursor: int
+    """Position in the hub's log this replica now holds everything up to."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncState:
+    """Where sync stands (``AgentMemory.sync_state()``)."""
+
+    hub_url: str
+    connection: Literal["connected", "connecting", "offline", "closed"]
+    hub_id: str | None
+    cursor: int
+    pushed: int
+    pulled: int
+    last_error: str | None
+
+
+class SyncClient:
+    """Syncs one replica with the hub at ``url`` until :meth:`close`."""
+
+    def __init__(
+        self,
+        store: OpStore,
+        merge: Merge,
+        *,
+        agent_id: str,
+        public_key: str,
+        url: str,
+        token: str | None,
+        batch_size: int = 100,
+        max_message_bytes: int = 4 << 20,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.merge = merge
+        self.agent_id = agent_id
+        self.public_key = public_key
+        self.url = url
+        self._token = token
+        self.batch_size = batch_size
+        self.max_message_bytes = max_message_bytes
+        self.backoff = backoff or Backoff()
+        self.pushed = 0
+        self.pulled = 0
+        self.hub_id: str | None = None
+        self.cursor = 0
+        self.last_error: SyncError | None = None
+        self._connection: Literal["connected", "connecting", "offline", "closed"] = "offline"
+        self._session: _Session | None = None
+        self._ready = asyncio.Event()
+        self._wake = asyncio.Event()  # something new to push
+        self._kick = asyncio.Event()  # stop waiting, connect now
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"chrysalis-sync-{self.agent_id}")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._kick.set()
+        if self._session is not None:
+            await self._session.connection.close()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self._connection = "closed"
+
+    def notify(self) -> None:
+        """A local write happened: push it now (cheap; called on every write)."""
+        self._wake.set()
+
+    def state(self) -> SyncState:
+        return SyncState(
+            hub_url=self.url,
+            connection=self._connection,
+            hub_id=self.hub_id,
+            cursor=self.cursor,
+            pushed=self.pushed,
+            pulled=self.pulled,
+            last_error=None if self.last_error is None else str(self.last_error),
+        )
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing:
+            self._connection = "connecting"
+            session_worked = False
+            try:
+                async with connect(
+                    self.url,
+                    additional_headers=(
+                        {"Authorization": f"Bearer {self._token}"} if self._token else None
+                    ),
+                    compression=None,
+                    max_size=2 * self.max_message_bytes,
+                    open_timeout=10,
+                    proxy=None,
+                ) as connection:
+                    session = _Session(self, connection)
+                    session_worked = await session.run()
+            except InvalidStatus as error:
+                self.last_error = _refusal(error, self.url)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as error:
+                self.last_error = HubUnreachableError(
+                    f"cannot reach the hub at {self.url}: {error or type(error).__name__}; "
+                    "is `chrysalis hub` running there? Writes are kept and pushed later"
+                )
+            except (SyncError, SyncProtocolError, InvalidOpError) as error:
+                self.last_error = SyncError(f"sync with {self.url} failed: {error}")
+            if self.closing:
+                break
+            if session_worked:
+                failures = 0
+            else:
+                failures += 1
+                if self.last_error is not None:
+                    log.log(
+                        logging.WARNING if failures in (1, 5, 20) else logging.DEBUG,
+                        "%s: %s (attempt %d)",
+                        self.agent_id,
+                        self.last_error,
+                        failures,
+                    )
+            self._connection = "offline"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.backoff.delay(failures))
+            self._kick.clear()
+
+    # --- called by the session -------------------------------------------------------
+
+    def _attach(self, session: _Session) -> None:
+        self._session = session
+        self._connection = "connected"
+        self.last_error = None
+        self._ready.set()
+
+    def _detach(self) -> None:
+        self._session = None
+        self._ready.clear()
+
+    # --- on demand ---------------------------------------------------------------------
+
+    async def _connected_session(self, timeout: float) -> _Session:
+        if self._closing:
+            raise SyncError("sync is closed")
+        if self._session is None:
+            self._kick.set()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise self.last_error or HubUnreachableError(
+                    f"the hub at {self.url} did not answer within {timeout:g} s"
+                ) from None
+        assert self._session is not None
+        return self._session
+
+    async def sync_now(self, timeout: float = 30.0) -> SyncReport:
+        """Push everything pending and pull everything new, now; waits for both.
+
+        Raises :class:`~chrysalis_memory.errors.SyncError` (a subclass saying
+        why) if the hub cannot be reached or refuses this agent within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        pushed, pulled = self.pushed, self.pulled
+        session = await self._connected_session(timeout)
+        try:
+            await asyncio.wait_for(session.drain_and_catch_up(), timeout)
+        except asyncio.TimeoutError:
+            raise HubUnreachableError(
+                f"sync with {self.url} did not finish within {timeout:g} s"
+            ) from None
+        except ConnectionClosed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HubUnreachableError(f"lost the hub at {self.url}") from None
+            return await self.sync_now(left)
+        return SyncReport(self.pushed - pushed, self.pulled - pulled, self.cursor)
+
+    async def search(
+        self,
+        text: str,
+        *,
+        k: int,
+        memory_type: MemoryKind | None = None,
+        tags: Sequence[str] = (),
+        source: str | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[SearchHit, ...]:
+        """Search the hub's collective index (the hub embeds the query)."""
+        session = await self._connected_session(timeout)
+        try:
+            return await asyncio.wait_for(
+                session.search(text, k, memory_type, tags, source), timeout
+            )
+        except asyncio.TimeoutError:
+            raise HubUnreachableError(
+                f"the hub at {self.url} did not answer a search within {timeout:g} s"
+            ) from None
+
+
+def _refusal(error: InvalidStatus, url: str) -> SyncError:
+    status = error.response.status_code
+    detail = error.response.body.decode(errors="replace").strip()
+    if status == 401:
+        return HubRejectedError(
+            f"the hub at {url} refused this agent's token ({detail}): create one with "
+            "`chrysalis token create AGENT_ID` on the hub and set hub_token "
+            "(CHRYSALIS_HUB_TOKEN)"
+        )
+    return HubUnreachableError(f"the hub at {url} answered HTTP {status}: {detail}")
+
+
+class _Session:
+    """One connection: hello, then pushing, pulling and live updates at once."""
+
+    def __init__(self, client: SyncClient, connection: ClientConnection) -> None:
+        self.client = client
+        self.connection = connection
+        self.protocol = ClientProtocol(
+            client.agent_id,
+            client.public_key,
+            max_message_bytes=client.max_message_bytes,
+            max_batch=client.batch_size,
+        )
+        self._in_flight: dict[int, list[str]] = {}
+        self._sent: set[str] = set()  # CIDs pushed this session and not yet acked
+        self._refused: set[str] = set()  # CIDs the hub refused this session
+        self._acked = asyncio.Event()
+        self._pulling = False
+        self._caught_up = asyncio.Event()
+        self._searches: dict[int, asyncio.Future[tuple[SearchHit, ...]]] = {}
+        self._cursor_saved_at = 0.0
+        self._saved_cursor = -1
+        self._pause_until = 0.0
+        self._lost = False
+
+    async def run(self) -> bool:
+        """Returns whether the hub welcomed this agent (the connection worked)."""
+        client = self.client
+        cursor = int(await client.store.meta(CURSOR_KEY) or 0)
+        saved_hub = await client.store.meta(HUB_ID_KEY)
+        await self._send(self.protocol.hello(cursor))
+        welcome = await self._welcome()
+        if (saved_hub is not None and welcome.hub_id != saved_hub) or welcome.cursor < cursor:
+            # Another hub, or this one restored from an older backup: our cursor
+            # means nothing there. Read it again from the start (merging is idempotent).
+            log.warning(
+                "%s: hub %s is not where this replica left off: pulling everything again",
+                client.agent_id,
+                welcome.hub_id,
+            )
+            await client.store.set_meta({CURSOR_KEY: "0", HUB_ID_KEY: welcome.hub_id})
+            client._kick.set()
+            return True
+        if saved_hub is None:
+            await client.store.set_meta({HUB_ID_KEY: welcome.hub_id})
+        client.hub_id, client.cursor = welcome.hub_id, cursor
+        await self._pin(welcome.keys)
+        client._attach(self)
+        pusher = asyncio.create_task(self._push_pending())
+        try:
+            client._wake.set()
+            await self._pull()
+            async for frame in self.connection:
+                for event in self.protocol.receive(frame):
+                    await self._handle(event)
+                if self.protocol.closed:
+                    break
+        except ConnectionClosed:
+            pass
+        except SyncProtocolError as error:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(self.protocol.error_for(error))
+            raise
+        finally:
+            client._detach()
+            self._lost = True
+            self._acked.set()  # wake drain() and catch_up(): they see the loss
+            self._caught_up.set()
+            pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pusher
+            for future in self._searches.values():
+                if not future.done():
+                    future.set_exception(HubUnreachableError("the hub connection was lost"))
+            with contextlib.suppress(ChrysalisError):
+                await self._save_cursor(force=True)
+        return True
+
+    async def _send(self, frame: bytes) -> None:
+        await self.connection.send(frame, text=True)
+
+    async def _welcome(self) -> Welcome:
+        frame = await asyncio.wait_for(self.connection.recv(), 10)
+        for event in self.protocol.receive(frame):
+            if isinstance(event, Welcome):
+                return event
+            if isinstance(event, ServerError):
+                if event.code == "unauthorized":
+                    raise HubRejectedError(f"the hub refused this agent: {event.message}")
+                raise SyncError(f"the hub refused the hello: {event.code}: {event.message}")
+        raise SyncError("the hub did not answer the hello")
+
+    async def _pin(self, keys: Mapping[str, str]) -> None:
+        """Pin the writers' keys the hub registered, before any of their ops arrive."""
+        for writer, key in keys.items():
+            try:
+                await self.client.store.pin_writer_key(writer, key)
+            except InvalidOpError as error:
+                log.warning("%s: hub key for %r ignored: %s", self.client.agent_id, writer, error)
+
+    # --- receiving -----------------------------------------------------------------------
+
+    async def _handle(self, event: ClientEvent) -> None:
+        client = self.client
+        if isinstance(event, UpdateReceived):
+            await self._merge(event.ops)
+            if event.gap:
+                if not self._pulling:
+                    await self._pull()
+            else:
+                await self._save_cursor()
+        elif isinstance(event, OpsReceived):
+            self._pulling = False
+            await self._merge(event.ops)
+            await self._save_cursor(force=bool(event.ops))
+            if event.more:
+                await self._pull()
+            else:
+                self._caught_up.set()
+        elif isinstance(event, Acked):
+            self._done(event.batch)
+            if event.accepted:
+                await client.store.set_status(event.accepted, SyncStatus.SYNCED)
+                client.pushed += len(event.accepted)
+            if event.rejected:
+                await client.store.set_status(list(event.rejected), SyncStatus.RETRY)
+                self._refused.update(event.rejected)
+                for cid, reason in event.rejected.items():
+                    log.warning("%s: the hub refused op %s: %s", client.agent_id, cid, reason)
+            self._acked.set()
+        elif isinstance(event, SearchResult):
+            future = self._searches.pop(event.request, None)
+            if future is not None and not future.done():
+                future.set_result(event.hits)
+        elif isinstance(event, ServerError):
+            self._on_error(event)
+
+    def _on_error(self, event: ServerError) -> None:
+        log.log(
+            logging.WARNING if event.fatal else logging.INFO,
+            "%s: hub error %s: %s",
+            self.client.agent_id,
+            event.code,
+            event.message,
+        )
+        if event.batch is not None:
+            cids = self._done(event.batch)
+            if event.code in _RETRY_LATER:
+                self._pause_until = time.monotonic() + 0.5
+                self.client._wake.set()
+            else:
+                self._refused.update(cids)
+            self._acked.set()
+        if event.request is not None:
+            future = self._searches.pop(event.request, None)
+            if future is not None and not future.done():
+                future.set_exception(SyncError(f"remote search failed: {event.message}"))
+
+    async def _merge(self, ops: Sequence[Op]) -> None:
+        if ops:
+            self.client.pulled += await self.client.merge(ops)
+
+    async def _save_cursor(self, *, force: bool = False) -> None:
+        """Save the cursor now and then (a lost save only means pulling again)."""
+        client = self.client
+        client.cursor = self.protocol.cursor
+        now = time.monotonic()
+        if client.cursor == self._saved_cursor:
+            return
+        if force or now - self._cursor_saved_at >= _SAVE_CURSOR_EVERY_S:
+            await client.store.set_meta({CURSOR_KEY: str(client.cursor)})
+            self._saved_cursor, self._cursor_saved_at = client.cursor, now
+
+    async def _pull(self) -> None:
+        self._pulling = True
+        self._caught_up.clear()
+        await self._send(self.protocol.pull())
+
+    # --- pushing -------------------------------------------------------------------------
+
+    def _done(self, batch: int) -> list[str]:
+        cids = self._in_flight.pop(batch, [])
+        self._sent.difference_update(cids)
+        return cids
+
+    async def _push_pending(self) -> None:
+        client = self.client
+        while True:
+            await client._wake.wait()
+            client._wake.clear()
+            while True:
+                pause = self._pause_until - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)  # the hub asked us to slow down
+                while len(self._in_flight) >= _WINDOW:
+                    self._acked.clear()
+                    await self._acked.wait()
+                ops = await self._pending()
+                if not ops:
+                    break
+                batch, frame = self.protocol.push(ops)
+                cids = [op.cid for op in ops]
+                self._in_flight[batch] = cids
+                self._sent.update(cids)
+                await self._send(frame)
+
+    async def _pending(self) -> list[Op]:
+        """The next batch of this agent's ops to push: pending or to retry, not in
+        flight, not refused this session, within the batch and frame limits."""
+        limit = self.protocol.push_limit
+        budget = min(self.client.max_message_bytes, self.protocol.max_message_bytes)
+        budget -= _FRAME_OVERHEAD
+        ops: list[Op] = []
+        async for _, op, _ in self.client.store.iter_ops(
+            statuses=(SyncStatus.PENDING, SyncStatus.RETRY), batch=limit * 2
+        ):
+            if op.writer != self.client.agent_id or op.cid in self._sent:
+                continue
+            if op.cid in self._refused:
+                continue
+            size = len(op.encoded) + 1
+            if size > budget:
+                break
+            ops.append(op)
+            budget -= size
+            if len(ops) >= limit:
+                break
+        return ops
+
+    async def drain(self) -> None:
+        """Until every op pending now has been acknowledged (or refused)."""
+        self.client._wake.set()
+        while True:
+            self._acked.clear()
+            self._check_alive()
+            if not self._in_flight and not await self._pending():
+                return
+            await self._acked.wait()
+
+    async def drain_and_catch_up(self) -> None:
+        await self.drain()
+        await self.catch_up()
+
+    async def catch_up(self) -> None:
+        """Until a pull sent now has been answered to the end of the hub's log."""
+        self._check_alive()
+        await self._pull()
+        await self._caught_up.wait()
+        self._check_alive()
+
+    def _check_alive(self) -> None:
+        if self._lost:
+            raise ConnectionClosed(None, None)
+
+    # --- searching -----------------------------------------------------------------------
+
+    async def search(
+        self,
+        text: str,
+        k: int,
+        memory_type: MemoryKind | None,
+        tags: Sequence[str],
+        source: str | None,
+    ) -> tuple[SearchHit, ...]:
+        request, frame = self.protocol.search(
+            text, k=k, memory_type=memory_type, tags=tags, source=source
+        )
+        future: asyncio.Future[tuple[SearchHit, ...]] = asyncio.get_running_loop().create_future()
+        self._searches[request] = future
+        await self._send(frame)
+        return await future
