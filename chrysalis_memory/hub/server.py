@@ -466,7 +466,6 @@ class _Session:
         self.greeted = False
         self._last: bytes | None = None  # a fatal error to send before closing
         self._searches: set[asyncio.Task[None]] = set()
-        self._closer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -598,6 +597,5 @@ class _Session:
         self.hub.metrics.dropped.inc()
         self.hub._sessions.discard(self)
         self.protocol.close()
-        self._closer = asyncio.create_task(
-            self.connection.close(1013, "too slow: reconnect and pull")
-        )
+        # Abort, not close: a close handshake would wait on a peer that is not reading.
+        self.connection.transport.abort()

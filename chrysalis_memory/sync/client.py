@@ -141,6 +141,7 @@ class SyncClient:
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()  # something new to push
         self._kick = asyncio.Event()  # stop waiting, connect now
+        self._attempted = asyncio.Event()  # a connection attempt just failed
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -225,6 +226,7 @@ class SyncClient:
                         failures,
                     )
             self._connection = "offline"
+            self._attempted.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.backoff.delay(failures))
             self._kick.clear()
@@ -246,15 +248,22 @@ class SyncClient:
     async def _connected_session(self, timeout: float) -> _Session:
         if self._closing:
             raise SyncError("sync is closed")
-        if self._session is None:
-            self._kick.set()
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._kick.set()  # connect now rather than at the end of a backoff
+        while self._session is None:
+            left = deadline - loop.time()
+            if left <= 0:
                 raise self.last_error or HubUnreachableError(
                     f"the hub at {self.url} did not answer within {timeout:g} s"
-                ) from None
-        assert self._session is not None
+                )
+            self._attempted.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._ready, self._attempted)]
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+            if self._session is None and isinstance(self.last_error, HubRejectedError):
+                raise self.last_error  # retrying will not change the hub's mind
         return self._session
 
     async def sync_now(self, timeout: float = 30.0) -> SyncReport:
@@ -346,12 +355,14 @@ class _Session:
         welcome = await self._welcome()
         if (saved_hub is not None and welcome.hub_id != saved_hub) or welcome.cursor < cursor:
             # Another hub, or this one restored from an older backup: our cursor
-            # means nothing there. Read it again from the start (merging is idempotent).
+            # means nothing there, and it may lack ops it once acknowledged. Read it
+            # again from the start and push our own ops again (both idempotent).
             log.warning(
-                "%s: hub %s is not where this replica left off: pulling everything again",
+                "%s: hub %s is not where this replica left off: syncing everything again",
                 client.agent_id,
                 welcome.hub_id,
             )
+            await self._requeue_own_ops()
             await client.store.set_meta({CURSOR_KEY: "0", HUB_ID_KEY: welcome.hub_id})
             client._kick.set()
             return True
@@ -392,6 +403,16 @@ class _Session:
 
     async def _send(self, frame: bytes) -> None:
         await self.connection.send(frame, text=True)
+
+    async def _requeue_own_ops(self) -> None:
+        store, me = self.client.store, self.client.agent_id
+        cids = [
+            op.cid
+            async for _, op, _ in store.iter_ops(statuses=(SyncStatus.SYNCED,))
+            if op.writer == me
+        ]
+        if cids:
+            await store.set_status(cids, SyncStatus.PENDING)
 
     async def _welcome(self) -> Welcome:
         frame = await asyncio.wait_for(self.connection.recv(), 10)
