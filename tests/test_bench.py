@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 LATENCIES = ("learn", "learn_full", "get", "get_cold")
 THROUGHPUTS = ("fold", "ingest")
 RECALL_LATENCIES = ("recall_hybrid_1000", "recall_vector_1000", "recall_access_1000", "learn_embed")
+HUB_INGEST = ("hub_ingest_1", "hub_ingest_10", "hub_ingest_50")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,14 @@ def test_machine_and_settings_are_recorded(report: dict[str, Any]) -> None:
     assert isinstance(report["all_met"], bool)
 
 
-@pytest.mark.parametrize("name", LATENCIES + THROUGHPUTS + RECALL_LATENCIES + ("recall_quality",))
+@pytest.mark.parametrize(
+    "name",
+    LATENCIES
+    + THROUGHPUTS
+    + RECALL_LATENCIES
+    + ("recall_quality", "propagation", "wire_bytes")
+    + HUB_INGEST,
+)
 def test_every_figure_has_a_baseline_and_a_ratio(report: dict[str, Any], name: str) -> None:
     figure = report[name]
     for key in ("value", "baseline", "ratio", "target", "met", "baseline_label", "unit"):
@@ -91,7 +99,7 @@ def test_every_figure_has_a_baseline_and_a_ratio(report: dict[str, Any], name: s
         assert check["met"] == op_met
 
 
-@pytest.mark.parametrize("name", LATENCIES + RECALL_LATENCIES)
+@pytest.mark.parametrize("name", [*LATENCIES, *RECALL_LATENCIES, "propagation"])
 def test_latencies_have_ordered_percentiles(report: dict[str, Any], name: str) -> None:
     figure = report[name]
     assert figure["unit"] == "ms"
@@ -191,6 +199,27 @@ def test_recall_quality_per_mode(report: dict[str, Any]) -> None:
     assert figure["met"] == (figure["value"] > figure["baseline"])
 
 
+def test_hub_figures(report: dict[str, Any]) -> None:
+    assert report["settings"]["hub_agents"] == [1, 10, 50]
+    propagation = report["propagation"]
+    assert {c["stat"] for c in propagation["checks"]} == {"p50", "p99"}
+    assert propagation["n"] >= 20
+    for name in HUB_INGEST:
+        figure = report[name]
+        agents = figure["details"]["agents"]
+        assert figure["unit"] == "ops/s"
+        assert figure["n"] == agents * (report["settings"]["ingest_ops"] // agents)
+        # Ops are relayed to the other pushers still connected (none when alone).
+        relayed = figure["details"]["relayed_ops"]
+        assert relayed <= figure["n"] * (agents - 1)
+        assert (relayed > 0) == (agents > 1)
+        assert [c["stat"] for c in figure["checks"]] == (["value"] if agents == 50 else [])
+    wire = report["wire_bytes"]
+    assert wire["unit"] == "bytes"
+    # A push frame carries each op verbatim plus a little framing.
+    assert wire["baseline"] < wire["value"] < 2 * wire["baseline"]
+
+
 def test_skip_recall_runs_the_core_alone(tmp_path: Path) -> None:
     result = subprocess.run(
         [
@@ -201,6 +230,7 @@ def test_skip_recall_runs_the_core_alone(tmp_path: Path) -> None:
             "--json",
             "--quick",
             "--skip-recall",
+            "--skip-hub",
             "--n",
             "40",
             "--durability",
@@ -219,6 +249,22 @@ def test_skip_recall_runs_the_core_alone(tmp_path: Path) -> None:
     assert "learn" in data
     assert not any(key.startswith("recall_") or key == "learn_embed" for key in data)
     assert data["settings"]["recall"] is False
+    assert data["settings"]["hub"] is False
+    assert "propagation" not in data
+
+
+@pytest.mark.parametrize("counts", ["ten", "0,10", "1,501"])
+def test_bad_hub_agent_counts_are_rejected(counts: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chrysalis_memory.cli", "bench", "--hub-agents", counts],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--hub-agents" in result.stderr
 
 
 def test_bad_recall_sizes_are_rejected(tmp_path: Path) -> None:
@@ -265,6 +311,8 @@ def test_human_output_is_a_table(tmp_path: Path) -> None:
         "ratio",
         "recall hybrid 1k p50",
         "quality recall@5",
+        "propagation A→hub→B p50",
+        "hub ingest, 50 agents",
     ):
         assert text in result.stdout
     assert "learn (full)" not in result.stdout

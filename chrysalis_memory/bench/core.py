@@ -102,7 +102,7 @@ class Figure(BaseModel):
     short: str
     """A few words for table rows, e.g. ``learn (normal)``."""
     label: str
-    unit: Literal["ms", "ops/s", "score"]
+    unit: Literal["ms", "ops/s", "score", "bytes"]
     value: float
     baseline: float
     ratio: float
@@ -139,6 +139,10 @@ class Settings(BaseModel):
     """Run the recall figures (latency by store size, learn with embedding, quality)."""
     recall_sizes: list[int] = Field(default_factory=lambda: [10_000, 100_000])
     """Store sizes the recall latency is measured at (memories)."""
+    hub: bool = True
+    """Run the hub figures (propagation, ingest with several agents, bytes per op)."""
+    hub_agents: list[int] = Field(default_factory=lambda: [1, 10, 50])
+    """Numbers of agents pushing to the hub at once, one ingest figure each."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
@@ -958,6 +962,10 @@ async def run_benchmarks(
             from chrysalis_memory.bench.recall import run_recall_benchmarks
 
             figures.update(await run_recall_benchmarks(root, settings, reporter))
+        if settings.hub:
+            from chrysalis_memory.bench.hub import run_hub_benchmarks
+
+            figures.update(await run_hub_benchmarks(root, settings, reporter))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if hasattr(os, "getloadavg"):

@@ -76,6 +76,8 @@ def _number(value: float | None, unit: str) -> str:
         return f"{value:.3f} ms"
     if unit == "score":
         return f"{value:.3f}"
+    if unit == "bytes":
+        return f"{value:,.0f} B"
     return f"{value:,.0f} ops/s"
 
 
@@ -196,6 +198,18 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            "give whole numbers, e.g. 1,10,50", param_hint="--hub-agents"
+        ) from None
+    if not counts or min(counts) < 1 or max(counts) > 500:
+        raise typer.BadParameter("each count must be in 1..500", param_hint="--hub-agents")
+    return counts
+
+
 def bench(
     as_json: JsonOption = False,
     quick: Annotated[
@@ -238,8 +252,20 @@ def bench(
     ] = False,
     skip_core: Annotated[
         bool,
-        typer.Option("--skip-core", help="Run only the recall figures."),
+        typer.Option("--skip-core", help="Leave out the core figures."),
     ] = False,
+    skip_hub: Annotated[
+        bool,
+        typer.Option("--skip-hub", help="Leave out the hub figures (propagation, hub ingest)."),
+    ] = False,
+    hub_agents: Annotated[
+        str | None,
+        typer.Option(
+            "--hub-agents",
+            help="Numbers of agents pushing to the hub at once (comma-separated; "
+            "default 1,10,50), one hub ingest figure each.",
+        ),
+    ] = None,
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -258,7 +284,8 @@ def bench(
     fold >= 100,000 ops/s; ingest >= 10,000 ops/s. Recall: p50 <= 5 ms and
     p99 <= 20 ms at 100,000 memories, within 1.5x of a raw Chroma query on the
     same vectors; fused recall@5 above vector-only and keyword-only on the
-    labelled set.
+    labelled set. Hub (in its own process, on loopback): propagation A → hub
+    → B p50 <= 50 ms and p99 <= 200 ms; ingest >= 5,000 ops/s with 50 agents.
     """
     durabilities: list[Any] = (
         ["normal", "full"] if durability is DurabilityChoice.both else [durability.value]
@@ -268,7 +295,10 @@ def bench(
         "workdir": workdir,
         "recall": not skip_recall,
         "core": not skip_core,
+        "hub": not skip_hub,
     }
+    if hub_agents is not None:
+        overrides["hub_agents"] = _counts(hub_agents)
     if n is not None:
         overrides["n"] = n
     if recall_sizes is not None:

@@ -395,8 +395,10 @@ class Hub:
             after, self.head = self.head, self.head + len(new)
             self.registry.stored(new)
             self.metrics.ops_stored.inc(len(new))
+            writers = {op.writer for op in new}
+            shared: dict[int | None, bytes] = {}  # one encoding for all who wrote none of it
             for session in list(self._sessions):
-                session.relay(new, after, self.head)
+                session.relay(new, after, self.head, writers, shared)
         if self._recall is not None:
             self._recall.notify()
         return rejected
@@ -572,12 +574,29 @@ class _Session:
             frame = self.protocol.error("internal", str(error), fatal=False, request=event.request)
         await self._send(frame)
 
-    def relay(self, new: list[Op], after: int, cursor: int) -> None:
-        """Queue an update with the ops just stored that this agent did not write."""
+    def relay(
+        self,
+        new: list[Op],
+        after: int,
+        cursor: int,
+        writers: set[str],
+        shared: dict[int | None, bytes],
+    ) -> None:
+        """Queue an update with the ops just stored that this agent did not write.
+
+        ``shared`` caches the frame by protocol version for the agents that wrote
+        none of them: with N agents connected, one push is encoded once, not N times.
+        """
         if not self.greeted or self.protocol.closed:
             return
-        ops = [op for op in new if op.writer != self.agent]
-        frame = self.protocol.update(ops, after, cursor)
+        if self.agent in writers:
+            ops = [op for op in new if op.writer != self.agent]
+            frame = self.protocol.update(ops, after, cursor)
+        else:
+            ops = new
+            frame = shared.get(self.protocol.version) or shared.setdefault(
+                self.protocol.version, self.protocol.update(ops, after, cursor)
+            )
         try:
             self.outbox.put_nowait(frame)
         except asyncio.QueueFull:
