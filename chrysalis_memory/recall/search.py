@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from chrysalis_memory.model.document import SyncStatus
-from chrysalis_memory.model.ops import decode_vector, embedding_id, text_hash
+from chrysalis_memory.model.ops import b64decode, embedding_id, text_hash
 from chrysalis_memory.model.state import EmbeddingState, MemoryState
 from chrysalis_memory.recall.ranking import (
     collective_score,
@@ -107,24 +107,23 @@ async def search(
     considered = sorted(fused, key=lambda doc_id: -fused[doc_id])
     if not post_filtered and filters.memory_type is None and filters.source is None:
         considered = considered[: max(CONSIDERED * k, 16)]
-    fields = await store.rank_fields(considered)
+    # One round trip: what ranking needs, and the encoded states, decoded for the results only.
+    rows = await store.rank_rows(considered)
     scored = sorted(
         (
             (collective_score(scaled[doc_id], f.confidence, f.access_count), doc_id)
-            for doc_id, f in fields.items()
+            for doc_id, (f, _, _) in rows.items()
             if _passes(f, filters)
         ),
         key=lambda pair: (-pair[0], pair[1]),
     )[:k]
-    # Only the results are decoded into full states (for their documents).
-    states = await store.get_states(doc_id for _, doc_id in scored)
     best: list[Candidate] = []
     for score, doc_id in scored:
-        entry = states.get(doc_id)
-        if entry is None or not isinstance(entry[0], MemoryState) or not entry[0].exists:
+        state, status = store.ranked_state(doc_id, rows[doc_id])
+        if not isinstance(state, MemoryState) or not state.exists:
             continue
         best.append(
-            Candidate(entry[0], entry[1], score, scaled[doc_id], similarity.get(doc_id, math.nan))
+            Candidate(state, status, score, scaled[doc_id], similarity.get(doc_id, math.nan))
         )
     if query_vector is not None and any(math.isnan(c.similarity) for c in best):
         best = await _fill_similarity(store, embedder.model, query_vector, best)
@@ -160,23 +159,30 @@ def _passes(fields: RankFields, filters: ListQuery) -> bool:
 async def _fill_similarity(
     store: OpStore, model: str, query_vector: list[float], best: list[Candidate]
 ) -> list[Candidate]:
-    """Cosine similarity of keyword-only hits, from their stored embeddings."""
-    ids = {c.state.id: embedding_id(model, text_hash(c.state.content.value or "")) for c in best}
+    """Cosine similarity of keyword-only hits, from their stored embeddings (only
+    theirs are read: each is a few KiB)."""
+    ids = {
+        c.state.id: embedding_id(model, text_hash(c.state.content.value or ""))
+        for c in best
+        if math.isnan(c.similarity)
+    }
     embeddings = await store.get_states(ids.values())
     filled: list[Candidate] = []
     for c in best:
-        entry = embeddings.get(ids[c.state.id])
+        entry = embeddings.get(ids[c.state.id]) if c.state.id in ids else None
         payload = entry[0].payload.value if entry and isinstance(entry[0], EmbeddingState) else None
-        if math.isnan(c.similarity) and payload is not None:
-            c = c._replace(similarity=_cosine(query_vector, decode_vector(payload.vector)))
+        if payload is not None:
+            c = c._replace(similarity=_cosine(query_vector, payload.vector))
         filled.append(c)
     return filled
 
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+def _cosine(query: Sequence[float], encoded: str) -> float:
+    """Cosine similarity of the query and a stored vector (encoded as by
+    ``model.ops.encode_vector``: little-endian float32), decoded straight into numpy."""
     import numpy as np  # here, not at import time: only keyword-only hits need it
 
-    x = np.asarray(a, dtype=np.float32)
-    y = np.asarray(b, dtype=np.float32)
+    x = np.asarray(query, dtype=np.float32)
+    y = np.frombuffer(b64decode(encoded), dtype="<f4")
     norm = float(np.linalg.norm(x) * np.linalg.norm(y))
     return float(np.dot(x, y)) / norm if norm else 0.0

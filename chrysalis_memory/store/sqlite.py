@@ -168,6 +168,15 @@ class RankFields(NamedTuple):
     access_count: int
 
 
+class RankedRow(NamedTuple):
+    """A live memory's :class:`RankFields`, with its encoded state (decoded only if it
+    makes the results: see :meth:`OpStore.ranked_state`)."""
+
+    fields: RankFields
+    state: bytes
+    status: SyncStatus
+
+
 class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
     """Filters of :meth:`OpStore.list_memories` (all optional, combined with AND)."""
 
@@ -426,16 +435,21 @@ class OpStore:
 
     async def rank_fields(self, doc_ids: Sequence[str]) -> dict[str, RankFields]:
         """What recall filters and ranks on, for live memories, without decoding states."""
-        result: dict[str, RankFields] = {}
+        return {doc_id: row.fields for doc_id, row in (await self.rank_rows(doc_ids)).items()}
+
+    async def rank_rows(self, doc_ids: Sequence[str]) -> dict[str, RankedRow]:
+        """:meth:`rank_fields` with each memory's encoded state, in the same round trip:
+        recall ranks on the fields, then decodes only the states of its results."""
+        result: dict[str, RankedRow] = {}
         async with self._lock:
             with _translated("reading documents"):
                 rows = await self._select_in(
-                    "SELECT id, memory_type, source, updated_ms, tags, confidence, accesses "
-                    "FROM docs WHERE visibility = 1 AND id IN ({marks})",
+                    "SELECT id, memory_type, source, updated_ms, tags, confidence, accesses, "
+                    "state, sync_status FROM docs WHERE visibility = 1 AND id IN ({marks})",
                     doc_ids,
                 )
-        for doc_id, kind, source, updated, tags, confidence, accesses in rows:
-            result[doc_id] = RankFields(
+        for doc_id, kind, source, updated, tags, confidence, accesses, blob, status in rows:
+            fields = RankFields(
                 kind or "episodic",
                 source or "",
                 updated or 0,
@@ -443,7 +457,17 @@ class OpStore:
                 confidence or 0.0,
                 accesses or 0,
             )
+            result[doc_id] = RankedRow(fields, blob, SyncStatus(status))
         return result
+
+    def ranked_state(self, doc_id: str, row: RankedRow) -> tuple[DocState, SyncStatus]:
+        """The state of a row from :meth:`rank_rows`: the cached one if there is one (as
+        recent, or more), else the row's, decoded. Never cached from here: the row was
+        read before the lock was let go, and a writer may have committed since."""
+        cached = self._cache.get(doc_id)
+        if cached is not None:
+            return cached
+        return decode_state(row.state, "memory"), row.status
 
     # --- keyword search and the recall indexer's bookkeeping ------------------------
 
@@ -485,9 +509,12 @@ class OpStore:
                 common = {w for w in quoted if self._common_words[w]}
                 rare = [w for w in quoted if w not in common]
                 match = " OR ".join(rare) if rare else " AND ".join(quoted)
+                # Ranked by rowid first: the doc_id column is read for the results only,
+                # not for every row that matches.
                 found = await self.db.execute_fetchall(
-                    "SELECT doc_id, bm25(memory_fts) AS score FROM memory_fts "
-                    "WHERE memory_fts MATCH ? ORDER BY score LIMIT ?",
+                    "SELECT f.doc_id, t.score FROM (SELECT rowid AS r, bm25(memory_fts) AS score "
+                    "FROM memory_fts WHERE memory_fts MATCH ? ORDER BY score, rowid LIMIT ?) AS t "
+                    "JOIN memory_fts AS f ON f.rowid = t.r ORDER BY t.score, t.r",
                     (match, limit),
                 )
         return [(doc_id, -score) for doc_id, score in found]
