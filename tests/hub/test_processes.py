@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -612,8 +613,10 @@ async def test_bad_tokens_and_forged_writers_are_refused(processes: Processes) -
         embedder="hashing",
     ) as c:
         ids = [await c.learn(f"kept for later {i}", importance=0.9) for i in range(3)]
+        started = time.monotonic()
         with pytest.raises(HubRejectedError, match="refused this agent's token"):
-            await c.sync_now(timeout=2)
+            await c.sync_now(timeout=20)
+        assert time.monotonic() - started < 5, "a refused token should fail sync_now at once"
         counts = await c.store.counts()
         assert counts["ops_pending"] == 3 and counts["ops_synced"] == 0
         for mid in ids:
