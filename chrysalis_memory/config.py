@@ -162,6 +162,13 @@ class HubConfig(_EnvConfig):
     rate_limit_burst_ops: int = Field(
         default=40_000, ge=1, description="Ops one agent may push at once above its rate."
     )
+    max_clock_skew_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Ops stamped further than this ahead of the hub's clock are refused "
+        "(clock_skew): one agent with a clock in the future would win every "
+        "last-writer-wins field for as long as its lead lasts.",
+    )
     send_queue_frames: int = Field(
         default=1024,
         ge=1,

@@ -356,8 +356,14 @@ class Hub:
         started = time.perf_counter()
         rejected: dict[str, str] = {}
         candidates: list[Op] = []
+        horizon_ms = time.time_ns() // 1_000_000 + int(1000 * self.config.max_clock_skew_s)
         for op in ops:
-            if op.writer != agent:
+            if op.hlc.wall_ms > horizon_ms:
+                rejected[op.cid] = (
+                    f"clock_skew: stamped {(op.hlc.wall_ms - horizon_ms) / 1000:.0f} s beyond "
+                    f"the {self.config.max_clock_skew_s:g} s the hub allows: fix the agent's clock"
+                )
+            elif op.writer != agent:
                 rejected[op.cid] = f"forbidden_writer: {agent!r} may not write as {op.writer!r}"
             elif op.key != key:
                 rejected[op.cid] = "forbidden_writer: not signed with the key bound to the agent"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -445,3 +446,23 @@ async def test_sync_now_without_a_hub_says_how_to_configure_one(open_agent: Open
     assert a.sync_state() is None
     with pytest.raises(ConfigError, match="CHRYSALIS_HUB_URL"):
         await a.sync_now()
+
+
+async def test_an_op_from_the_far_future_is_refused(start_hub: StartHub) -> None:
+    hub = await start_hub(max_clock_skew_s=60)
+    token = hub.tokens.create("agent-a")
+    hour_ahead = time.time_ns() // 1_000_000 + 3_600_000
+    author = OpAuthor("agent-a", signer_for("agent-a"), HybridClock(physical=lambda: hour_ahead))
+    future = author.make("agent-a-f", MemoryPatch(create=Creation(), content="from the future"))
+    present = make_ops("agent-a", 1, start=1)[0]
+    async with AsyncExitStack() as stack:
+        raw = await raw_agent(stack, hub, "agent-a", token, signer_for("agent-a").public_key)
+        await raw.send(raw.protocol.hello(0))
+        await raw.receive()
+        _, frame = raw.protocol.push([future, present])
+        await raw.send(frame)
+        ack = await raw.answer()
+    assert isinstance(ack, Acked)
+    assert ack.accepted == (present.cid,)
+    assert ack.rejected[future.cid].startswith("clock_skew")
+    assert hub.head == 1
