@@ -579,6 +579,9 @@ class _Session:
     async def catch_up(self) -> None:
         """Until a pull sent now has been answered to the end of the hub's log."""
         self._check_alive()
+        if self._pulling:  # let the running chain of pulls end rather than start a second
+            await self._caught_up.wait()
+            self._check_alive()
         await self._pull()
         await self._caught_up.wait()
         self._check_alive()

@@ -466,3 +466,19 @@ async def test_an_op_from_the_far_future_is_refused(start_hub: StartHub) -> None
     assert ack.accepted == (present.cid,)
     assert ack.rejected[future.cid].startswith("clock_skew")
     assert hub.head == 1
+
+
+async def test_sync_now_while_catching_up_reads_the_log_once(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    hub = await start_hub()
+    a = await open_agent("agent-a", hub)
+    for i in range(300):
+        await a.learn(f"fact {i}", importance=0.9)
+    await a.sync_now()
+    pages = hub.metrics.ops_out.labels("page")
+    before = pages._value.get()
+    b = await open_agent("agent-b", hub)
+    report = await b.sync_now()  # called while B's first pulls are still running
+    assert report.pulled == 300
+    assert pages._value.get() - before == 300
