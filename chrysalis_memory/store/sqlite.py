@@ -483,32 +483,9 @@ class OpStore:
         """
         if not words:
             return []
-        quoted = ['"' + word.replace('"', '""') + '"' for word in dict.fromkeys(words)]
         async with self._lock:
             with _translated("searching text"):
-                if self._text_rows is None:
-                    rows = list(await self.db.execute_fetchall("SELECT COUNT(*) FROM memory_fts"))
-                    self._text_rows = int(rows[0][0])
-                cap = max(_COMMON_WORD_MIN, int(self._text_rows * _COMMON_WORD_SHARE))
-                if len(self._common_words) > _COMMON_WORDS_KEPT:
-                    self._common_words.clear()
-                unknown = [w for w in quoted if w not in self._common_words]
-                if unknown:
-                    counts = [
-                        "(SELECT COUNT(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? "
-                        "LIMIT ?))"
-                    ] * len(unknown)
-                    rows = list(
-                        await self.db.execute_fetchall(
-                            f"SELECT {', '.join(counts)}",
-                            [x for word in unknown for x in (word, cap)],
-                        )
-                    )
-                    for word, n in zip(unknown, rows[0], strict=True):
-                        self._common_words[word] = n >= cap
-                common = {w for w in quoted if self._common_words[w]}
-                rare = [w for w in quoted if w not in common]
-                match = " OR ".join(rare) if rare else " AND ".join(quoted)
+                match = await self._text_match(words)
                 # Ranked by rowid first: the doc_id column is read for the results only,
                 # not for every row that matches.
                 found = await self.db.execute_fetchall(
@@ -518,6 +495,42 @@ class OpStore:
                     (match, limit),
                 )
         return [(doc_id, -score) for doc_id, score in found]
+
+    async def text_match(self, words: Sequence[str]) -> str | None:
+        """The FTS5 query :meth:`search_text` runs for ``words`` (None for no words):
+        for benchmarks, to run the same query raw."""
+        if not words:
+            return None
+        async with self._lock:
+            with _translated("searching text"):
+                return await self._text_match(words)
+
+    async def _text_match(self, words: Sequence[str]) -> str:
+        """The FTS5 query for ``words``, without the too common ones (see
+        :meth:`search_text`). The caller holds the lock."""
+        quoted = ['"' + word.replace('"', '""') + '"' for word in dict.fromkeys(words)]
+        if self._text_rows is None:
+            rows = list(await self.db.execute_fetchall("SELECT COUNT(*) FROM memory_fts"))
+            self._text_rows = int(rows[0][0])
+        cap = max(_COMMON_WORD_MIN, int(self._text_rows * _COMMON_WORD_SHARE))
+        if len(self._common_words) > _COMMON_WORDS_KEPT:
+            self._common_words.clear()
+        unknown = [w for w in quoted if w not in self._common_words]
+        if unknown:
+            counts = [
+                "(SELECT COUNT(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?))"
+            ] * len(unknown)
+            rows = list(
+                await self.db.execute_fetchall(
+                    f"SELECT {', '.join(counts)}",
+                    [x for word in unknown for x in (word, cap)],
+                )
+            )
+            for word, n in zip(unknown, rows[0], strict=True):
+                self._common_words[word] = n >= cap
+        common = {w for w in quoted if self._common_words[w]}
+        rare = [w for w in quoted if w not in common]
+        return " OR ".join(rare) if rare else " AND ".join(quoted)
 
     async def indexed_text(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
         """The keyword index's (memory type, content, tags) of these memories."""
