@@ -534,9 +534,10 @@ class AgentMemory:
 
     async def recall(
         self,
-        query: str,
+        query: str = "",
         k: int = 5,
         *,
+        vector: Sequence[float] | None = None,
         mode: SearchMode = "hybrid",
         memory_type: str | None = None,
         tags: Iterable[str] | None = None,
@@ -554,12 +555,22 @@ class AgentMemory:
         Filters are those of :meth:`list`; forgotten memories never come back.
         Each hit's access count goes up (``record_access=False`` to only look).
 
+        ``vector`` is the query's embedding, when the caller has one (made by
+        the same model as this replica's embedder): it is used instead of
+        embedding ``query``, which may then be empty (vector search alone).
+
         ``scope="collective"`` also asks the hub to search the collective index
         and merges its hits with the local ones (one hit per memory, the better
         score); it needs a hub, and raises
         :class:`~chrysalis_memory.errors.SyncError` if the hub cannot answer.
         """
-        text = check.query(query)
+        query_vector = None if vector is None else check.query_vector(vector)
+        if query_vector is None or query:
+            text = check.query(query)
+        elif mode == "keyword":
+            raise InvalidArgumentError("a keyword search needs query text, not just a vector")
+        else:
+            text, mode = "", "vector"
         wanted = check.positive("k", k, maximum=1000)
         if mode not in ("hybrid", "vector", "keyword"):
             raise InvalidArgumentError(f"mode must be hybrid, vector or keyword; got {mode!r}")
@@ -571,9 +582,13 @@ class AgentMemory:
         if scope not in ("local", "collective"):
             raise InvalidArgumentError(f"scope must be local or collective; got {scope!r}")
         sync = self._require_sync() if scope == "collective" else None
-        found = await self._recall_service().search(text, wanted, mode, filters)
+        recall = self._recall_service()
+        if sync is not None and query_vector is None and mode != "keyword":
+            # Embedded once, for the local search and the hub's alike.
+            query_vector = await recall.embed_query(text)
+        found = await recall.search(text, wanted, mode, filters, query_vector)
         if sync is not None:
-            found = await self._with_collective(sync, text, wanted, filters, found)
+            found = await self._with_collective(sync, text, wanted, filters, found, query_vector)
         views = {c.state.id: c.state.to_document(c.status) for c in found}
         if record_access and found:
             views.update(await self._record_accesses([c.state.id for c in found]))
@@ -594,11 +609,15 @@ class AgentMemory:
         k: int,
         filters: ListQuery,
         local: builtins.list[Candidate],
+        vector: Sequence[float] | None,
     ) -> builtins.list[Candidate]:
         """Merge the hub's hits into the local ones (spec §6.3): one per memory,
-        the better score first. A hit this replica does not hold yet is pulled."""
+        the better score first. A hit this replica does not hold yet is pulled.
+        The query's embedding goes along, so the hub need not embed it again."""
         remote = await sync.search(
             text,
+            vector=vector,
+            model=await self._recall_service().embedding_model() if vector else None,
             k=k,
             memory_type=filters.memory_type,  # type: ignore[arg-type]
             tags=filters.tags,

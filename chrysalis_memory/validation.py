@@ -170,6 +170,19 @@ def query(value: object) -> str:
     return value
 
 
+def query_vector(value: object) -> list[float]:
+    """A query embedding: a non-empty sequence of finite numbers."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise InvalidArgumentError(f"vector must be a sequence of numbers, got {value!r:.60}")
+    try:
+        vector = [float(x) for x in value]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError("vector must hold numbers only") from None
+    if not vector or not all(math.isfinite(x) for x in vector):
+        raise InvalidArgumentError("vector must be non-empty and hold finite numbers only")
+    return vector
+
+
 def positive(name: str, value: object, *, maximum: int) -> int:
     """A whole number from 1 to ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:

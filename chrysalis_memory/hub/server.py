@@ -434,15 +434,23 @@ class Hub:
         if self._recall is None:
             return []
         filters = request.filters
+        # The agent's embedding of the query is used when it comes from our model;
+        # otherwise the text is embedded here.
+        vector = request.vector
+        if vector is not None and request.model != await self._recall.embedding_model():
+            vector = None
+        if vector is None and not request.text.strip():
+            return []  # nothing to search with
         found = await self._recall.search(
             request.text,
             request.k,
-            "hybrid",
+            "hybrid" if request.text.strip() else "vector",
             ListQuery(
                 memory_type=filters.memory_type if filters else None,
                 tags=tuple(filters.tags) if filters else (),
                 source=filters.source if filters else None,
             ),
+            vector,
         )
         self.metrics.searches.inc()
         return [(c.state.id, float(c.score)) for c in found]

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
+from chrysalis_memory.errors import InvalidArgumentError
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import b64decode, embedding_id, text_hash
 from chrysalis_memory.model.state import EmbeddingState, MemoryState
@@ -36,7 +37,7 @@ async def _nothing() -> list[tuple[str, float]]:
 
 async def _vector_search(
     vectors: VectorQuery | None,
-    query_vector: list[float] | None,
+    query_vector: Sequence[float] | None,
     fetch: int,
     filters: ListQuery,
 ) -> Sequence[VectorHitLike]:
@@ -75,17 +76,28 @@ async def search(
     k: int,
     mode: SearchMode,
     filters: ListQuery,
+    query_vector: Sequence[float] | None = None,
 ) -> list[Candidate]:
-    """The best ``k`` live memories for ``query`` that pass ``filters``."""
+    """The best ``k`` live memories for ``query`` that pass ``filters``.
+
+    ``query_vector`` is the query's embedding when the caller has it already (in
+    the embedder's space); otherwise ``query`` is embedded here.
+    """
     fetch = max(OVERFETCH * k, 32)
     post_filtered = (
         bool(filters.tags) or filters.since_ms is not None or filters.until_ms is not None
     )
     if post_filtered:
         fetch *= FILTERED_OVERFETCH  # these filters are only applied after retrieval
-    query_vector: list[float] | None = None
-    if mode != "keyword" and vectors is not None:
+    if mode == "keyword" or vectors is None:
+        query_vector = None
+    elif query_vector is None:
         query_vector = (await embedder.embed([query]))[0]
+    elif len(query_vector) != embedder.dimensions:
+        raise InvalidArgumentError(
+            f"the query vector has {len(query_vector)} dimensions; {embedder.model} "
+            f"embeds in {embedder.dimensions}"
+        )
     # The two retrievers run at once: Chroma and SQLite each work on a thread of their own.
     vector_hits, keyword_hits = await asyncio.gather(
         _vector_search(vectors, query_vector, fetch, filters),
@@ -157,7 +169,7 @@ def _passes(fields: RankFields, filters: ListQuery) -> bool:
 
 
 async def _fill_similarity(
-    store: OpStore, model: str, query_vector: list[float], best: list[Candidate]
+    store: OpStore, model: str, query_vector: Sequence[float], best: list[Candidate]
 ) -> list[Candidate]:
     """Cosine similarity of keyword-only hits, from their stored embeddings (only
     theirs are read: each is a few KiB)."""

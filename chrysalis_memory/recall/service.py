@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,23 +102,43 @@ class RecallService:
             self._index.notify()
 
     async def search(
-        self, text: str, k: int, mode: SearchMode, filters: ListQuery
+        self,
+        text: str,
+        k: int,
+        mode: SearchMode,
+        filters: ListQuery,
+        vector: Sequence[float] | None = None,
     ) -> list[Candidate]:
-        """Search what has been written so far; a damaged vector cache is rebuilt
-        from the op log (it is derived data) and the search answered from it."""
+        """Search what has been written so far (``vector``: the query's embedding,
+        if the caller has it). A damaged vector cache is rebuilt from the op log
+        (it is derived data) and the search answered from the new one."""
         try:
-            return await self._search(text, k, mode, filters)
+            return await self._search(text, k, mode, filters, vector)
         except VectorCacheCorruptError as error:
             log.warning("vector cache damaged (%s): rebuilding it from the op log", error)
             await self._reset_vector_cache()
-            return await self._search(text, k, mode, filters)
+            return await self._search(text, k, mode, filters, vector)
 
     async def _search(
-        self, text: str, k: int, mode: SearchMode, filters: ListQuery
+        self,
+        text: str,
+        k: int,
+        mode: SearchMode,
+        filters: ListQuery,
+        vector: Sequence[float] | None,
     ) -> list[Candidate]:
         index = await self.index()
         await index.flush()
-        return await search(self._store, index.embedder, index.vectors, text, k, mode, filters)
+        return await search(
+            self._store, index.embedder, index.vectors, text, k, mode, filters, vector
+        )
+
+    async def embed_query(self, text: str) -> list[float]:
+        return (await (await self.index()).embedder.embed([text]))[0]
+
+    async def embedding_model(self) -> str:
+        """The model of the embedder recall uses (starting recall if need be)."""
+        return (await self.index()).embedder.model
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Rebuild the keyword index and the vector cache from the op log; returns

@@ -293,16 +293,19 @@ class SyncClient:
         text: str,
         *,
         k: int,
+        vector: Sequence[float] | None = None,
+        model: str | None = None,
         memory_type: MemoryKind | None = None,
         tags: Sequence[str] = (),
         source: str | None = None,
         timeout: float = 5.0,
     ) -> tuple[SearchHit, ...]:
-        """Search the hub's collective index (the hub embeds the query)."""
+        """Search the hub's collective index. ``vector`` (the query embedded by
+        ``model``) spares the hub embedding ``text`` when it uses the same model."""
         session = await self._connected_session(timeout)
         try:
             return await asyncio.wait_for(
-                session.search(text, k, memory_type, tags, source), timeout
+                session.search(text, k, vector, model, memory_type, tags, source), timeout
             )
         except asyncio.TimeoutError:
             raise HubUnreachableError(
@@ -596,12 +599,20 @@ class _Session:
         self,
         text: str,
         k: int,
+        vector: Sequence[float] | None,
+        model: str | None,
         memory_type: MemoryKind | None,
         tags: Sequence[str],
         source: str | None,
     ) -> tuple[SearchHit, ...]:
         request, frame = self.protocol.search(
-            text, k=k, memory_type=memory_type, tags=tags, source=source
+            text,
+            k=k,
+            vector=vector,
+            model=model,
+            memory_type=memory_type,
+            tags=tags,
+            source=source,
         )
         future: asyncio.Future[tuple[SearchHit, ...]] = asyncio.get_running_loop().create_future()
         self._searches[request] = future

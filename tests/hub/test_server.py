@@ -18,6 +18,7 @@ from chrysalis_memory.errors import ConfigError, HubRejectedError, HubUnreachabl
 from chrysalis_memory.model import MemoryPatch, OpAuthor
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import Creation, Signer, decode_op
+from chrysalis_memory.recall.embedders import HashingEmbedder
 from chrysalis_memory.sync import Acked, ServerError, Welcome
 from tests.hub.conftest import (
     OpenAgent,
@@ -482,3 +483,20 @@ async def test_sync_now_while_catching_up_reads_the_log_once(
     report = await b.sync_now()  # called while B's first pulls are still running
     assert report.pulled == 300
     assert pages._value.get() - before == 300
+
+
+async def test_collective_recall_by_vector_sends_the_embedding_along(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    hub = await start_hub()
+    a = await open_agent("agent-a", hub)
+    c = await open_agent("agent-c", hub)
+    mid = await a.learn("Water boils at 100 degrees Celsius at sea level.", importance=0.9)
+    await a.sync_now()
+    (vector,) = await HashingEmbedder().embed(["boiling point of water"])
+    hits = await c.recall(vector=vector, scope="collective", record_access=False)
+    assert hits[0].memory.id == mid
+    # The hub answered from the vector alone (there was no text to embed).
+    assert (
+        metric((await http_get(hub, "/metrics"))[1].decode(), "chrysalis_hub_searches_total") == 1
+    )
