@@ -367,7 +367,7 @@ async def _components(
             ids = [hit.id for hit in hits]
             t0 = clock()
             found = await mem.store.search_text(query_words(text), fetch)
-            ids.extend(doc_id for doc_id, _ in found if doc_id not in ids)
+            ids.extend(hit.doc_id for hit in found if hit.doc_id not in ids)
             steps["keyword_search"].append(clock() - t0)
             match = await mem.store.text_match(query_words(text))
             t0 = clock()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from chrysalis_memory.errors import InvalidArgumentError
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import b64decode, embedding_id, text_hash
-from chrysalis_memory.model.state import EmbeddingState, MemoryState
+from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState
 from chrysalis_memory.recall.ranking import (
     collective_score,
     query_words,
@@ -18,6 +18,7 @@ from chrysalis_memory.recall.ranking import (
     relevance,
 )
 from chrysalis_memory.store import ListQuery, OpStore, RankFields
+from chrysalis_memory.store.sqlite import TextHit
 
 if TYPE_CHECKING:
     from chrysalis_memory.recall.embedders import Embedder
@@ -31,7 +32,7 @@ CONSIDERED = 3
 """Fused candidates ranked per result wanted (when no filter thins them out)."""
 
 
-async def _nothing() -> list[tuple[str, float]]:
+async def _nothing() -> list[TextHit]:
     return []
 
 
@@ -107,7 +108,7 @@ async def search(
         ranking
         for ranking in (
             [hit.id for hit in vector_hits] if query_vector is not None else None,
-            [doc_id for doc_id, _ in keyword_hits] if mode != "vector" else None,
+            [hit.doc_id for hit in keyword_hits] if mode != "vector" else None,
         )
         if ranking is not None
     ]
@@ -119,8 +120,18 @@ async def search(
     considered = sorted(fused, key=lambda doc_id: -fused[doc_id])
     if not post_filtered and filters.memory_type is None and filters.source is None:
         considered = considered[: max(CONSIDERED * k, 16)]
-    # One round trip: what ranking needs, and the encoded states, decoded for the results only.
-    rows = await store.rank_rows(considered)
+    # One round trip: what ranking needs and the encoded states (decoded for the results
+    # only), with the embeddings of the keyword-only memories at the head of the fused
+    # list: the results are most often those, and the similarity of each is reported.
+    expected: list[str] = []
+    if query_vector is not None:
+        text_of = {hit.doc_id: hit.content for hit in keyword_hits}
+        expected = [
+            embedding_id(embedder.model, text_hash(text_of[doc_id]))
+            for doc_id in considered[:k]
+            if doc_id not in similarity and doc_id in text_of
+        ]
+    rows, embeddings = await store.rank_rows(considered, also=expected)
     scored = sorted(
         (
             (collective_score(scaled[doc_id], f.confidence, f.access_count), doc_id)
@@ -138,7 +149,7 @@ async def search(
             Candidate(state, status, score, scaled[doc_id], similarity.get(doc_id, math.nan))
         )
     if query_vector is not None and any(math.isnan(c.similarity) for c in best):
-        best = await _fill_similarity(store, embedder.model, query_vector, best)
+        best = await _fill_similarity(store, embedder.model, query_vector, best, embeddings)
     return [c._replace(similarity=0.0) if math.isnan(c.similarity) else c for c in best]
 
 
@@ -169,16 +180,23 @@ def _passes(fields: RankFields, filters: ListQuery) -> bool:
 
 
 async def _fill_similarity(
-    store: OpStore, model: str, query_vector: Sequence[float], best: list[Candidate]
+    store: OpStore,
+    model: str,
+    query_vector: Sequence[float],
+    best: list[Candidate],
+    known: Mapping[str, tuple[DocState, SyncStatus]],
 ) -> list[Candidate]:
-    """Cosine similarity of keyword-only hits, from their stored embeddings (only
-    theirs are read: each is a few KiB)."""
+    """Cosine similarity of keyword-only hits, from their stored embeddings: those
+    in ``known`` (read already), else read now (only theirs: each is a few KiB)."""
     ids = {
         c.state.id: embedding_id(model, text_hash(c.state.content.value or ""))
         for c in best
         if math.isnan(c.similarity)
     }
-    embeddings = await store.get_states(ids.values())
+    embeddings = dict(known)
+    missing = [emb_id for emb_id in ids.values() if emb_id not in embeddings]
+    if missing:
+        embeddings.update(await store.get_states(missing))
     filled: list[Candidate] = []
     for c in best:
         entry = embeddings.get(ids[c.state.id]) if c.state.id in ids else None

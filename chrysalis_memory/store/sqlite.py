@@ -61,6 +61,14 @@ _RANK_SQL: Final = (
     "WHEN 'retry' THEN 2 ELSE 3 END)"
 )
 _BY_RANK: Final = {rank: status for status, rank in _STATUS_RANK.items()}
+_RANKED_ROWS_SQL: Final = (
+    "SELECT id, doc_type, state, sync_status, COALESCE(memory_type, ''), source, updated_ms, "
+    "tags, confidence, accesses FROM docs WHERE visibility = 1 AND id IN ({marks})"
+)
+_OTHER_ROWS_SQL: Final = (
+    "SELECT id, doc_type, state, sync_status, NULL, NULL, NULL, NULL, NULL, NULL "
+    "FROM docs WHERE id IN ({marks})"
+)
 _PAGE_CACHE_KIB: Final = 16 * 1024  # SQLite's default (2 MiB) thrashes once the log grows
 _CHUNK: Final = 500  # rows per IN (...) query, well under SQLite's variable limit
 _COMMON_WORD_SHARE: Final = 0.05
@@ -166,6 +174,14 @@ class RankFields(NamedTuple):
     tags: frozenset[str]
     confidence: float
     access_count: int
+
+
+class TextHit(NamedTuple):
+    """One keyword search result: a live memory, its BM25 relevance, its indexed text."""
+
+    doc_id: str
+    score: float
+    content: str
 
 
 class RankedRow(NamedTuple):
@@ -435,20 +451,46 @@ class OpStore:
 
     async def rank_fields(self, doc_ids: Sequence[str]) -> dict[str, RankFields]:
         """What recall filters and ranks on, for live memories, without decoding states."""
-        return {doc_id: row.fields for doc_id, row in (await self.rank_rows(doc_ids)).items()}
+        rows, _ = await self.rank_rows(doc_ids)
+        return {doc_id: row.fields for doc_id, row in rows.items()}
 
-    async def rank_rows(self, doc_ids: Sequence[str]) -> dict[str, RankedRow]:
-        """:meth:`rank_fields` with each memory's encoded state, in the same round trip:
-        recall ranks on the fields, then decodes only the states of its results."""
-        result: dict[str, RankedRow] = {}
+    async def rank_rows(
+        self, doc_ids: Sequence[str], also: Sequence[str] = ()
+    ) -> tuple[dict[str, RankedRow], dict[str, tuple[DocState, SyncStatus]]]:
+        """:meth:`rank_fields` with each memory's encoded state, in one round trip:
+        recall ranks on the fields, then decodes only the states of its results.
+
+        ``also`` names other documents (the embeddings recall expects to need) read
+        in the same round trip; their states come back decoded (never cached from
+        here, see :meth:`ranked_state`).
+        """
+        ranked: dict[str, RankedRow] = {}
+        extra: dict[str, tuple[DocState, SyncStatus]] = {}
+        missing: list[str] = []
+        for doc_id in dict.fromkeys(also):
+            cached = self._cache.get(doc_id)
+            if cached is None:
+                missing.append(doc_id)
+            else:
+                extra[doc_id] = cached
         async with self._lock:
             with _translated("reading documents"):
-                rows = await self._select_in(
-                    "SELECT id, memory_type, source, updated_ms, tags, confidence, accesses, "
-                    "state, sync_status FROM docs WHERE visibility = 1 AND id IN ({marks})",
-                    doc_ids,
-                )
-        for doc_id, kind, source, updated, tags, confidence, accesses, blob, status in rows:
+                if missing and len(doc_ids) + len(missing) <= _CHUNK:  # one statement for both
+                    sql = (
+                        _RANKED_ROWS_SQL.format(marks=",".join("?" * len(doc_ids)))
+                        + " UNION ALL "
+                        + _OTHER_ROWS_SQL.format(marks=",".join("?" * len(missing)))
+                    )
+                    rows = list(await self.db.execute_fetchall(sql, [*doc_ids, *missing]))
+                else:
+                    rows = await self._select_in(_RANKED_ROWS_SQL, doc_ids)
+                    rows += await self._select_in(_OTHER_ROWS_SQL, missing)
+        for row in rows:
+            doc_id, doc_type, blob, status = row[:4]
+            if row[4] is None:  # a row of ``also``
+                extra[doc_id] = (decode_state(blob, doc_type), SyncStatus(status))
+                continue
+            kind, source, updated, tags, confidence, accesses = row[4:]
             fields = RankFields(
                 kind or "episodic",
                 source or "",
@@ -457,8 +499,8 @@ class OpStore:
                 confidence or 0.0,
                 accesses or 0,
             )
-            result[doc_id] = RankedRow(fields, blob, SyncStatus(status))
-        return result
+            ranked[doc_id] = RankedRow(fields, blob, SyncStatus(status))
+        return ranked, extra
 
     def ranked_state(self, doc_id: str, row: RankedRow) -> tuple[DocState, SyncStatus]:
         """The state of a row from :meth:`rank_rows`: the cached one if there is one (as
@@ -471,8 +513,9 @@ class OpStore:
 
     # --- keyword search and the recall indexer's bookkeeping ------------------------
 
-    async def search_text(self, words: Sequence[str], limit: int) -> list[tuple[str, float]]:
-        """Live memories matching any of ``words``, best first, as (id, -bm25).
+    async def search_text(self, words: Sequence[str], limit: int) -> list[TextHit]:
+        """Live memories matching any of ``words``, best first, with their -bm25 and the
+        text indexed (what recall needs to find their embeddings).
 
         BM25 scores every row that matches, so a word found in a large share of
         memories makes a query cost in proportion to the store. Such words carry
@@ -486,15 +529,16 @@ class OpStore:
         async with self._lock:
             with _translated("searching text"):
                 match = await self._text_match(words)
-                # Ranked by rowid first: the doc_id column is read for the results only,
+                # Ranked by rowid first: the stored columns are read for the results only,
                 # not for every row that matches.
                 found = await self.db.execute_fetchall(
-                    "SELECT f.doc_id, t.score FROM (SELECT rowid AS r, bm25(memory_fts) AS score "
-                    "FROM memory_fts WHERE memory_fts MATCH ? ORDER BY score, rowid LIMIT ?) AS t "
+                    "SELECT f.doc_id, t.score, f.content FROM (SELECT rowid AS r, "
+                    "bm25(memory_fts) AS score FROM memory_fts WHERE memory_fts MATCH ? "
+                    "ORDER BY score, rowid LIMIT ?) AS t "
                     "JOIN memory_fts AS f ON f.rowid = t.r ORDER BY t.score, t.r",
                     (match, limit),
                 )
-        return [(doc_id, -score) for doc_id, score in found]
+        return [TextHit(doc_id, -score, content) for doc_id, score, content in found]
 
     async def text_match(self, words: Sequence[str]) -> str | None:
         """The FTS5 query :meth:`search_text` runs for ``words`` (None for no words):
