@@ -542,14 +542,15 @@ class OpStore:
 
     async def text_match(self, words: Sequence[str]) -> str | None:
         """The FTS5 query :meth:`search_text` runs for ``words`` (None for no words):
-        for benchmarks, to run the same query raw."""
+        for benchmarks, to run the same query raw. What it learns of the words'
+        commonness is not kept, so a later search pays for it as it would have."""
         if not words:
             return None
         async with self._lock:
             with _translated("searching text"):
-                return await self._text_match(words)
+                return await self._text_match(words, remember=False)
 
-    async def _text_match(self, words: Sequence[str]) -> str:
+    async def _text_match(self, words: Sequence[str], *, remember: bool = True) -> str:
         """The FTS5 query for ``words``, without the too common ones (see
         :meth:`search_text`). The caller holds the lock."""
         quoted = ['"' + word.replace('"', '""') + '"' for word in dict.fromkeys(words)]
@@ -559,7 +560,8 @@ class OpStore:
         cap = max(_COMMON_WORD_MIN, int(self._text_rows * _COMMON_WORD_SHARE))
         if len(self._common_words) > _COMMON_WORDS_KEPT:
             self._common_words.clear()
-        unknown = [w for w in quoted if w not in self._common_words]
+        common_words = self._common_words if remember else dict(self._common_words)
+        unknown = [w for w in quoted if w not in common_words]
         if unknown:
             counts = [
                 "(SELECT COUNT(*) FROM (SELECT 1 FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?))"
@@ -571,8 +573,8 @@ class OpStore:
                 )
             )
             for word, n in zip(unknown, rows[0], strict=True):
-                self._common_words[word] = n >= cap
-        common = {w for w in quoted if self._common_words[w]}
+                common_words[word] = n >= cap
+        common = {w for w in quoted if common_words[w]}
         rare = [w for w in quoted if w not in common]
         return " OR ".join(rare) if rare else " AND ".join(quoted)
 
