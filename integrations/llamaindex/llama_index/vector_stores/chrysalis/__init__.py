@@ -1,0 +1,10 @@
+"""LlamaIndex vector store over Chrysalis's collective memory.
+
+``from llama_index.vector_stores.chrysalis import ChrysalisVectorStore``; see
+docs/llamaindex.md.
+"""
+
+from llama_index.vector_stores.chrysalis.base import NODE_TAG, ChrysalisVectorStore
+from llama_index.vector_stores.chrysalis.embedding import LlamaIndexEmbedder
+
+__all__ = ["NODE_TAG", "ChrysalisVectorStore", "LlamaIndexEmbedder"]
