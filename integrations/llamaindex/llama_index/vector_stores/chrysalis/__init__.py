@@ -5,6 +5,6 @@ docs/llamaindex.md.
 """
 
 from llama_index.vector_stores.chrysalis.base import NODE_TAG, ChrysalisVectorStore
-from llama_index.vector_stores.chrysalis.embedding import LlamaIndexEmbedder
+from llama_index.vector_stores.chrysalis.embedding import ChrysalisEmbedding, LlamaIndexEmbedder
 
-__all__ = ["NODE_TAG", "ChrysalisVectorStore", "LlamaIndexEmbedder"]
+__all__ = ["NODE_TAG", "ChrysalisEmbedding", "ChrysalisVectorStore", "LlamaIndexEmbedder"]

@@ -359,14 +359,12 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
                 f" ({error})"
             ) from error
         if self._replica.embedder is None:  # a memory the caller made: which embedder?
-            await self._flush(memory)  # starts recall, which reports its embedder
-            choice = memory.embedder_choice
-            if not choice.startswith(f"{embedder.model},"):
+            used = await _recall_model(memory)
+            if used != embedder.model:
                 raise UsageError(
-                    f"this AgentMemory recalls with {choice or 'its own embedder'}, not with "
-                    f"{embedder.model}: make it with embedder=LlamaIndexEmbedder(embed_model) "
-                    "to search LlamaIndex's embeddings, or use "
-                    "ChrysalisVectorStore(memory=..., embeddings='memory')"
+                    f"this AgentMemory recalls with {used}, not with {embedder.model}: make "
+                    "it with embedder=LlamaIndexEmbedder(embed_model) to search LlamaIndex's "
+                    "embeddings, or use ChrysalisVectorStore(memory=..., embeddings='memory')"
                 )
         self._checked = True
 
@@ -633,6 +631,17 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
             text=doc.content,
             metadata={k: v for k, v in doc.metadata.items() if not k.startswith("_node_")},
         )
+
+
+async def _recall_model(memory: AgentMemory) -> str:
+    """The model of the embedder a memory recalls with (starting its recall)."""
+    # AgentMemory has no public accessor for it yet: its recall service has one.
+    service = getattr(memory, "_recall_service", None)
+    model = getattr(service(), "embedding_model", None) if callable(service) else None
+    if callable(model):
+        return str(await model())
+    await memory.recall(_FLUSH_QUERY, k=1, mode="keyword", record_access=False)
+    return memory.embedder_choice.partition(",")[0]  # "<model>, passed to AgentMemory"
 
 
 async def _sync_now(timeout: float, memory: AgentMemory) -> SyncReport:

@@ -12,21 +12,29 @@ agents or other tools) are embedded with the embed model.
 Embeddings are stored and replicated under :attr:`LlamaIndexEmbedder.model`,
 ``llamaindex/<class>/<model name>/<dimensions>``: agents using the same embed
 model reuse each other's vectors instead of embedding again.
+
+:class:`ChrysalisEmbedding` goes the other way: Chrysalis's own embedders (the
+offline hashing one by default) as a LlamaIndex embed model. Its vectors are
+stored under the Chrysalis embedder's name, so they are shared with every agent
+using that embedder, LlamaIndex or not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final
 
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import PrivateAttr
+
+from chrysalis_memory.blocking import LoopThread
 from chrysalis_memory.errors import EmbedderError
+from chrysalis_memory.recall.embedders import Embedder, HashingEmbedder
 
-if TYPE_CHECKING:
-    from llama_index.core.base.embeddings.base import BaseEmbedding
-
-__all__ = ["LlamaIndexEmbedder"]
+__all__ = ["ChrysalisEmbedding", "LlamaIndexEmbedder"]
 
 MAX_PINS: Final = 8192
 """Pinned vectors waiting to be indexed, at most (the oldest are dropped: their texts
@@ -113,12 +121,15 @@ class LlamaIndexEmbedder:
         if self._model is not None:
             return self._model
         embed_model = self.embed_model
+        if isinstance(embed_model, ChrysalisEmbedding):
+            # Chrysalis's own vectors: stored under the same name as every agent's.
+            return embed_model.embedder.model
         return f"llamaindex/{embed_model.class_name()}/{embed_model.model_name}"
 
     @property
     def model(self) -> str:
-        if self._model is not None:
-            return self._model
+        if self._model is not None or isinstance(self.embed_model, ChrysalisEmbedding):
+            return self.identity
         return f"{self.identity}/{self.dimensions}"
 
     @property
@@ -135,6 +146,11 @@ class LlamaIndexEmbedder:
 
     async def prepare(self) -> None:
         """Find the dimensions now (asynchronously), if nothing told them yet."""
+        embed_model = self.embed_model
+        if self._known_dimensions() is None and isinstance(embed_model, ChrysalisEmbedding):
+            self._dimensions = _DIMENSIONS.setdefault(
+                self.identity, embed_model.embedder.dimensions
+            )
         if self._known_dimensions() is None:
             vector = await self.embed_model.aget_text_embedding(_DIMENSIONS_PROBE)
             self._learn_dimensions(vector)
@@ -201,3 +217,64 @@ class LlamaIndexEmbedder:
             "Settings.embed_model" if self._embed_model is None else self.identity
         )
         return f"LlamaIndexEmbedder({name}, dimensions={known})"
+
+
+class ChrysalisEmbedding(BaseEmbedding):
+    """Chrysalis's embedders as a LlamaIndex embed model: offline hashing by default.
+
+    ``ChrysalisEmbedding()`` embeds with :class:`~chrysalis_memory.recall.embedders.HashingEmbedder`
+    (no model files, no network); pass ``embedder=`` for another one (an
+    ``OllamaEmbedder``, ...). A :class:`ChrysalisVectorStore` given this embed
+    model stores vectors under the embedder's own name, the one every Chrysalis
+    agent (and the hub) uses for it: they share the same embeddings.
+    """
+
+    _embedder: Embedder = PrivateAttr()
+    _loop: LoopThread | None = PrivateAttr(default=None)
+
+    def __init__(self, embedder: Embedder | None = None, **kwargs: Any) -> None:
+        chosen = embedder if embedder is not None else HashingEmbedder()
+        kwargs.setdefault("model_name", chosen.model)
+        super().__init__(**kwargs)
+        self._embedder = chosen
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ChrysalisEmbedding"
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    # Queries and texts are embedded alike (Chrysalis embedders make no difference).
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embeddings([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return (await self._aget_text_embeddings([query]))[0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return (await self._aget_text_embeddings([text]))[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        embed_sync = getattr(self._embedder, "embed_sync", None)
+        if callable(embed_sync):
+            vectors: list[list[float]] = embed_sync(texts)
+            return vectors
+        return self._runner().run(self._embedder.embed(texts))
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        if callable(getattr(self._embedder, "embed_sync", None)):
+            return self._get_text_embeddings(texts)
+        # An embedder with connections keeps them on one loop: its own.
+        future = asyncio.run_coroutine_threadsafe(self._embedder.embed(texts), self._runner().loop)
+        return await asyncio.wrap_future(future)
+
+    def _runner(self) -> LoopThread:
+        if self._loop is None:
+            self._loop = LoopThread("chrysalis-embedding")
+        return self._loop
