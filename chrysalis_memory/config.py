@@ -250,13 +250,16 @@ class AgentMemoryConfig(_EnvConfig):
     # sync
     sync_enabled: bool = Field(default=True, description="Sync with the hub when hub_url is set.")
     sync_interval_s: float = Field(
-        default=60.0, gt=0, description="Seconds between background sync rounds."
+        default=60.0,
+        gt=0,
+        description="Seconds between safety-net sync rounds (push pending, pull from the "
+        "cursor); writes are pushed and updates arrive as they happen anyway.",
     )
     sync_batch_size: int = Field(default=100, ge=1, le=10_000, description="Ops per push message.")
     hub_url: str | None = Field(
         default=None,
-        description="ws://host:port of the sync hub (accepted now; sync arrives in a later "
-        "release, until then memories replicate through export_ops/merge_ops).",
+        description="ws://host:port of the sync hub; with it set, a background worker pushes "
+        "this agent's shared memories and pulls everyone else's.",
     )
     hub_token: SecretStr | None = Field(default=None, description="From `chrysalis token create`.")
 
@@ -279,8 +282,8 @@ class AgentMemoryConfig(_EnvConfig):
     vector_cache_threshold_bytes: int = Field(
         default=10240,
         ge=0,
-        description="Vectors larger than this stay with the hub only (not used yet: the hub "
-        "arrives in a later release).",
+        description="Reserved: vectors larger than this would stay with the hub only (today "
+        "every replica keeps the vectors of the memories it holds).",
     )
     embedder: EmbedderChoice = Field(
         default="auto", description="auto: Ollama when it answers, else the offline embedder."

@@ -178,6 +178,7 @@ class AgentMemory:
                 url=cfg.hub_url,
                 token=cfg.hub_token.get_secret_value() if cfg.hub_token else None,
                 batch_size=cfg.sync_batch_size,
+                interval_s=cfg.sync_interval_s,
             )
             self._sync.start()
         if cfg.gossip.enabled:

@@ -1,7 +1,7 @@
 """``chrysalis demo``: three agents share what they learn, offline and conflict-free.
 
 Each agent has its own store (op log and key) under the data directory. They
-exchange ops directly, as the sync hub and gossip will, and the demo shows
+exchange ops directly (the hub and gossip carry the very same ops), and it shows
 concurrent edits of one memory merging to the same result on every agent.
 """
 

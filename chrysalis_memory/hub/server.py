@@ -87,14 +87,19 @@ class TokenBucket:
         self._at = time.monotonic()
 
     def take(self, units: int) -> float:
-        """Take ``units`` and return 0, or take nothing and return the seconds to wait."""
+        """Take ``units`` and return 0, or take nothing and return the seconds to wait.
+
+        More than ``burst`` at once is allowed when the bucket is full (and empties
+        it), so that no request is refused forever.
+        """
+        units = min(units, self.burst)
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         if units <= self._tokens:
             self._tokens -= units
             return 0.0
-        return (min(units, self.burst) - self._tokens) / self.rate
+        return (units - self._tokens) / self.rate
 
 
 class Hub:
@@ -456,6 +461,10 @@ class Hub:
         return [(c.state.id, float(c.score)) for c in found]
 
 
+def _size(frame: str | bytes) -> int:
+    return len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode())
+
+
 def _reason(error: InvalidOpError) -> str:
     name = type(error).__name__.removesuffix("Error")
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
@@ -487,7 +496,7 @@ class _Session:
         writer = asyncio.create_task(self._write())
         try:
             async for frame in self.connection:
-                self.hub.metrics.bytes_in.inc(len(frame))
+                self.hub.metrics.bytes_in.inc(_size(frame))
                 try:
                     events = self.protocol.receive(frame)
                 except SyncProtocolError as error:

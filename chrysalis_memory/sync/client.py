@@ -120,6 +120,7 @@ class SyncClient:
         token: str | None,
         batch_size: int = 100,
         max_message_bytes: int = 4 << 20,
+        interval_s: float = 60.0,
         backoff: Backoff | None = None,
     ) -> None:
         self.store = store
@@ -130,6 +131,7 @@ class SyncClient:
         self._token = token
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
+        self.interval_s = interval_s
         self.backoff = backoff or Backoff()
         self.pushed = 0
         self.pulled = 0
@@ -196,7 +198,9 @@ class SyncClient:
                         {"Authorization": f"Bearer {self._token}"} if self._token else None
                     ),
                     compression=None,
-                    max_size=2 * self.max_message_bytes,
+                    # The protocol holds frames to the hub's announced limit; this only
+                    # bounds what a misbehaving endpoint can make us buffer.
+                    max_size=16 * self.max_message_bytes,
                     open_timeout=10,
                     proxy=None,
                 ) as connection:
@@ -209,6 +213,8 @@ class SyncClient:
                     f"cannot reach the hub at {self.url}: {error or type(error).__name__}; "
                     "is `chrysalis hub` running there? Writes are kept and pushed later"
                 )
+            except HubRejectedError as error:
+                self.last_error = error
             except (SyncError, SyncProtocolError, InvalidOpError) as error:
                 self.last_error = SyncError(f"sync with {self.url} failed: {error}")
             if self.closing:
@@ -271,22 +277,27 @@ class SyncClient:
 
         Raises :class:`~chrysalis_memory.errors.SyncError` (a subclass saying
         why) if the hub cannot be reached or refuses this agent within ``timeout``.
+        A connection lost on the way is retried within the same ``timeout``.
         """
-        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         pushed, pulled = self.pushed, self.pulled
-        session = await self._connected_session(timeout)
-        try:
-            await asyncio.wait_for(session.drain_and_catch_up(), timeout)
-        except asyncio.TimeoutError:
-            raise HubUnreachableError(
-                f"sync with {self.url} did not finish within {timeout:g} s"
-            ) from None
-        except ConnectionClosed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise HubUnreachableError(f"lost the hub at {self.url}") from None
-            return await self.sync_now(left)
-        return SyncReport(self.pushed - pushed, self.pulled - pulled, self.cursor)
+        while True:
+            left = deadline - loop.time()
+            session = await self._connected_session(max(left, 0.0))
+            try:
+                await asyncio.wait_for(session.drain_and_catch_up(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                raise HubUnreachableError(
+                    f"sync with {self.url} did not finish within {timeout:g} s"
+                ) from None
+            except ConnectionClosed:
+                if loop.time() >= deadline:
+                    raise HubUnreachableError(
+                        f"lost the hub at {self.url} and could not sync within {timeout:g} s"
+                    ) from None
+                continue
+            return SyncReport(self.pushed - pushed, self.pulled - pulled, self.cursor)
 
     async def search(
         self,
@@ -375,6 +386,7 @@ class _Session:
         await self._pin(welcome.keys)
         client._attach(self)
         pusher = asyncio.create_task(self._push_pending())
+        safety_net = asyncio.create_task(self._every_interval())
         try:
             client._wake.set()
             await self._pull()
@@ -394,9 +406,10 @@ class _Session:
             self._lost = True
             self._acked.set()  # wake drain() and catch_up(): they see the loss
             self._caught_up.set()
-            pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pusher
+            for task in (pusher, safety_net):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for future in self._searches.values():
                 if not future.done():
                     future.set_exception(HubUnreachableError("the hub connection was lost"))
@@ -406,6 +419,14 @@ class _Session:
 
     async def _send(self, frame: bytes) -> None:
         await self.connection.send(frame, text=True)
+
+    async def _every_interval(self) -> None:
+        """A round every ``sync_interval_s`` in case a wake-up or an update was missed."""
+        while True:
+            await asyncio.sleep(self.client.interval_s)
+            self.client._wake.set()
+            if not self._pulling:
+                await self._pull()
 
     async def _requeue_own_ops(self) -> None:
         store, me = self.client.store, self.client.agent_id

@@ -264,7 +264,7 @@ class _Protocol:
         if self._closed:
             raise SyncProtocolError("the connection is closed")
         try:
-            message = decode_message(data, max_bytes=self.max_message_bytes)
+            message = decode_message(data, max_bytes=self._receive_limit())
             expected = (self.version,) if self.version is not None else self.versions
             if not isinstance(message, ErrorMessage | HelloMessage) and message.v not in expected:
                 raise SyncProtocolError(
@@ -275,6 +275,9 @@ class _Protocol:
             self._closed = True
             raise
         return message
+
+    def _receive_limit(self) -> int:
+        return self.max_message_bytes
 
     def _violation(self, message: str, code: ErrorCode = "bad_message") -> SyncProtocolError:
         self._closed = True
@@ -426,11 +429,11 @@ class ClientProtocol(_Protocol):
         """Ask for up to ``limit`` ops numbered after ``after`` (default: the cursor)."""
         self._require(ClientState.READY, "pull")
         after = self._cursor if after is None else after
-        limit = self.max_batch if limit is None else limit
+        limit = self.push_limit if limit is None else limit
         _check_id(after, "after")
         _check_id(limit, "limit", low=1)
-        if limit > self.max_batch:
-            raise InvalidArgumentError(f"limit must be at most {self.max_batch}, got {limit}")
+        if limit > self.push_limit:  # the hub refuses pulls over its own max_batch
+            raise InvalidArgumentError(f"limit must be at most {self.push_limit}, got {limit}")
         data = self._encode(PullMessage(v=self._wire_version(), after=after, limit=limit))
         self._pulls.append((after, limit))
         return data
@@ -509,6 +512,10 @@ class ClientProtocol(_Protocol):
         return ServerError(
             message.code, message.message, message.fatal, message.batch, message.request
         )
+
+    def _receive_limit(self) -> int:
+        # The hub sends pages up to its own frame limit, which may exceed ours.
+        return max(self.max_message_bytes, self._server_max_bytes)
 
     def _on_welcome(self, message: WelcomeMessage) -> Welcome:
         if message.version not in self.versions or message.v != message.version:

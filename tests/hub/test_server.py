@@ -500,3 +500,19 @@ async def test_collective_recall_by_vector_sends_the_embedding_along(
     assert (
         metric((await http_get(hub, "/metrics"))[1].decode(), "chrysalis_hub_searches_total") == 1
     )
+
+
+async def test_an_agent_with_larger_batches_than_the_hub_still_syncs(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    # The hub takes 20 ops a message and lets an agent burst only 10 at once.
+    hub = await start_hub(sync_batch_size=20, rate_limit_burst_ops=10, rate_limit_ops_per_s=2000)
+    a = await open_agent("agent-a", hub, sync_batch_size=500)
+    b = await open_agent("agent-b", hub, sync_batch_size=500)
+    for i in range(120):
+        await a.learn(f"fact {i}", importance=0.9)
+    await a.sync_now(timeout=30)
+    report = await b.sync_now(timeout=30)
+    assert hub.head == 120
+    assert report.cursor == 120
+    assert await a.state_root() == await b.state_root()
