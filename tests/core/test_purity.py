@@ -1,4 +1,5 @@
-"""The core is pure: nothing under crdt/ or model/ does I/O or reaches upward.
+"""The core is pure: nothing under crdt/ or model/, nor the sync and gossip state
+machines, does I/O or reaches upward.
 
 ARCHITECTURE §1: "Nothing in the core imports asyncio, sqlite3, chromadb or
 websockets." The core may import only itself (crdt, model, the sans-I/O sync
@@ -16,7 +17,14 @@ import chrysalis_memory
 
 PACKAGE_ROOT = Path(chrysalis_memory.__file__).parent
 CORE_PACKAGES = ("crdt", "model")
-CORE_FILES = ("sync/messages.py", "sync/protocol.py")
+CORE_FILES = (
+    "sync/messages.py",
+    "sync/protocol.py",
+    "gossip/summary.py",
+    "gossip/messages.py",
+    "gossip/node.py",
+    "gossip/simulator.py",
+)
 FORBIDDEN = {"asyncio", "sqlite3", "aiosqlite", "chromadb", "websockets", "socket"}
 ALLOWED_INTERNAL = {
     "chrysalis_memory.crdt",
@@ -24,6 +32,9 @@ ALLOWED_INTERNAL = {
     "chrysalis_memory.errors",
     "chrysalis_memory.sync.messages",
     "chrysalis_memory.sync.protocol",
+    "chrysalis_memory.gossip.summary",
+    "chrysalis_memory.gossip.messages",
+    "chrysalis_memory.gossip.node",
 }
 
 CORE_MODULES = sorted(
