@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 HUB_ID_KEY: Final = "hub_id"
 REGISTRY_KEY: Final = "hub_registry"
+WATERMARK_FILE: Final = "hub.state"
 _FRAME_OVERHEAD: Final = 256  # bytes of an ops page around its ops
 _SAVE_EVERY_S: Final = 1.0
 
@@ -178,9 +179,10 @@ class Hub:
     async def _open(self, cfg: HubConfig) -> None:
         store = self._store = OpStore(cfg.db_path)
         await store.open()
-        self.hub_id = await store.meta(HUB_ID_KEY) or f"hub-{uuid.uuid4().hex[:12]}"
-        await store.set_meta({HUB_ID_KEY: self.hub_id})
         self.head = await store.last_seqno()
+        self.hub_id = self._identity(await store.meta(HUB_ID_KEY)) or f"hub-{uuid.uuid4().hex[:12]}"
+        await store.set_meta({HUB_ID_KEY: self.hub_id})
+        self._save_watermark()
         self.registry = Registry.load(await store.meta(REGISTRY_KEY))
         self.metrics = HubMetrics(self.registry, lambda: self.head)
         self._recall = RecallService(
@@ -235,6 +237,9 @@ class Hub:
             await self._recall.close()
             self._recall = None
         if self._store is not None:
+            if self.hub_id:
+                with contextlib.suppress(OSError):
+                    self._save_watermark()
             with contextlib.suppress(ChrysalisError):
                 await self._store.set_meta({REGISTRY_KEY: self.registry.dump()})
             await self._store.close()
@@ -258,9 +263,39 @@ class Hub:
     ) -> None:
         await self.close()
 
+    def _identity(self, stored: str | None) -> str | None:
+        """The hub's id, unless its log went back since it last ran.
+
+        ``hub.state`` beside the database records how far the log had reached. A
+        log that is shorter now was restored from an older copy (or lost its last
+        writes in a power cut): agents holding more than it would never resend
+        it. A new id makes every agent pull from the start and push its own ops
+        again, so the hub gets back whatever it lost.
+        """
+        try:
+            saved = json.loads((self.config.data_dir / WATERMARK_FILE).read_text())
+        except (OSError, ValueError):
+            return stored
+        if stored is not None and saved.get("hub_id") == stored and self.head < saved["head"]:
+            log.warning(
+                "the hub's log ends at op %d but had reached op %d: it was restored from an "
+                "older copy; taking a new identity so that every agent syncs again in full",
+                self.head,
+                saved["head"],
+            )
+            return None
+        return stored
+
+    def _save_watermark(self) -> None:
+        path = self.config.data_dir / WATERMARK_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"hub_id": self.hub_id, "head": self.head}))
+        temporary.replace(path)
+
     async def _save_registry_often(self) -> None:
         while True:
             await asyncio.sleep(_SAVE_EVERY_S)
+            self._save_watermark()
             if self.registry.dirty:
                 try:
                     await self.store.set_meta({REGISTRY_KEY: self.registry.dump()})

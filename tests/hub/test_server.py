@@ -516,3 +516,29 @@ async def test_an_agent_with_larger_batches_than_the_hub_still_syncs(
     assert hub.head == 120
     assert report.cursor == 120
     assert await a.state_root() == await b.state_root()
+
+
+async def test_a_hub_restored_from_an_older_copy_gets_everything_back(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    port = free_port()
+    hub = await start_hub(websocket_port=port)
+    a = await open_agent("agent-a", hub)
+    await a.learn("before the backup", importance=0.9)
+    await a.sync_now()
+    await hub.close()
+    db = hub.config.db_path
+    backup = db.with_name("backup.db")
+    backup.write_bytes(db.read_bytes())  # taken while stopped: the database file alone
+    hub = await start_hub(websocket_port=port)
+    for i in range(4):
+        await a.learn(f"after the backup {i}", importance=0.9)
+    await a.sync_now(timeout=20)
+    old_id = hub.hub_id
+    assert hub.head == 5
+    await hub.close()
+    db.write_bytes(backup.read_bytes())  # the operator restores the older copy
+    restored = await start_hub(websocket_port=port)
+    assert restored.head == 1 and restored.hub_id != old_id
+    await a.sync_now(timeout=20)  # the agent sees a new hub and syncs again in full
+    await wait_until(lambda: _true_if(restored.head == 5), timeout=10, what="ops pushed again")
