@@ -23,6 +23,7 @@ from chrysalis_memory.cli.bench import bench
 from chrysalis_memory.cli.demo import demo
 from chrysalis_memory.cli.hub import hub
 from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
+from chrysalis_memory.cli.simulate import simulate
 from chrysalis_memory.cli.tokens import token_app
 from chrysalis_memory.config import AgentMemoryConfig
 from chrysalis_memory.errors import ChrysalisError
@@ -233,6 +234,7 @@ async def _embedder_choice() -> str:
 app.command()(demo)
 app.add_typer(token_app, name="token")
 app.command()(hub)
+app.command()(simulate)
 app.command()(bench)
 
 
