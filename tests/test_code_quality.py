@@ -11,7 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINTED = ("chrysalis_memory", "integrations", "examples", "tests")
-TYPED = ("chrysalis_memory", "integrations/langchain/langchain_chrysalis", "examples")
+TYPED = (
+    "chrysalis_memory",
+    "integrations/langchain/langchain_chrysalis",
+    "integrations/llamaindex/llama_index/vector_stores/chrysalis",
+    "integrations/llamaindex/llama_index/memory/chrysalis",
+    "examples",
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
