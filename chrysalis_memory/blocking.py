@@ -18,11 +18,14 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from chrysalis_memory.config import AgentMemoryConfig
 from chrysalis_memory.errors import UsageError
 from chrysalis_memory.memory import AgentMemory
+
+if TYPE_CHECKING:
+    from chrysalis_memory.sync.client import SyncState
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -129,3 +132,14 @@ class BlockingAgentMemory:
     merge_ops = _blocking(AgentMemory.merge_ops)
     state_root = _blocking(AgentMemory.state_root)
     verify = _blocking(AgentMemory.verify)
+    sync_now = _blocking(AgentMemory.sync_now)
+
+    def sync_state(self) -> SyncState | None:
+        """Where sync with the hub stands; None when no hub is configured."""
+        return self.memory.sync_state()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (on its own thread) the wrapped ``AgentMemory`` runs on:
+        adapters that hold this object schedule their own coroutines there."""
+        return self._runner().loop

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from chrysalis_memory import BlockingAgentMemory
 from chrysalis_memory.crdt import HybridClock
 from chrysalis_memory.errors import ConfigError, HubRejectedError, HubUnreachableError
 from chrysalis_memory.model import MemoryPatch, OpAuthor
@@ -542,3 +543,25 @@ async def test_a_hub_restored_from_an_older_copy_gets_everything_back(
     assert restored.head == 1 and restored.hub_id != old_id
     await a.sync_now(timeout=20)  # the agent sees a new hub and syncs again in full
     await wait_until(lambda: _true_if(restored.head == 5), timeout=10, what="ops pushed again")
+
+
+async def test_blocking_memory_syncs_through_the_hub(start_hub: StartHub, tmp_path: Path) -> None:
+    hub = await start_hub()
+    token_a, token_b = hub.tokens.create("agent-a"), hub.tokens.create("agent-b")
+
+    def both_agents() -> tuple[str, str, object]:
+        common = {"data_dir": tmp_path / "blocking", "hub_url": hub.url, "embedder": "hashing"}
+        with (
+            BlockingAgentMemory(agent_id="agent-a", hub_token=token_a, **common) as a,
+            BlockingAgentMemory(agent_id="agent-b", hub_token=token_b, **common) as b,
+        ):
+            mid = a.learn("shared from a blocking agent", importance=0.9)
+            a.sync_now()
+            b.sync_now()
+            assert b.get(mid) is not None
+            return a.state_root(), b.state_root(), b.sync_state()
+
+    # In a thread: the hub runs on this test's event loop and must keep serving.
+    root_a, root_b, state = await asyncio.to_thread(both_agents)
+    assert root_a == root_b
+    assert state is not None and state.hub_id == hub.hub_id  # type: ignore[attr-defined]
