@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from chrysalis_memory.store import OpStore
 
 CHRYSALIS = [sys.executable, "-m", "chrysalis_memory.cli"]
 
@@ -39,19 +43,67 @@ def test_top_level_help_lists_the_commands() -> None:
         assert name in result.stdout
 
 
+def hub_state_root(hub_dir: Path) -> str:
+    """The state root of the demo hub's log, read on its own."""
+
+    async def read() -> str:
+        store = OpStore(hub_dir / "collective.db", read_only=True)
+        await store.open()
+        try:
+            return await store.state_root()
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
 @pytest.mark.slow
 def test_demo_then_status_and_verify(tmp_path: Path) -> None:
     demo = run("demo", "--data-dir", str(tmp_path))
-    assert demo.returncode == 0, demo.stderr
-    assert "identical" in demo.stdout
-    assert "no problems" in demo.stdout
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert "\x1b[" not in out  # not a terminal: plain lines, no live view
+    assert "hub ws://127.0.0.1:" in out
+    for agent in ("demo-alpha", "demo-beta", "demo-gamma"):
+        assert f"{agent} connected with its own token" in out
+    assert "all 6 memories reached all three agents" in out
+    # Each recalls what another learned.
+    assert (
+        "demo-beta asks 'How should I explain things to the user?' -> "
+        "'The user prefers concise explanations with code examples.' (learned by demo-alpha"
+    ) in out
+    assert "(learned by demo-beta" in out and "(learned by demo-gamma" in out
+    # One goes offline, writes without a hub, comes back and catches up.
+    left = re.search(r"demo-gamma disconnected \(closed\) at cursor (\d+)", out)
+    assert left, out
+    assert "demo-gamma, with no hub at all, still works: learned:" in out
+    back = re.search(
+        r"demo-gamma is back: pushed the 1 op\(s\) it wrote offline, pulled (\d+) ops it had "
+        r"missed; cursor (\d+) -> (\d+) \(the hub's log has (\d+) ops\)",
+        out,
+    )
+    assert back, out
+    assert int(back[1]) >= 2  # at least the two memories learned while it was away
+    assert back[2] == left[1] and int(back[3]) > int(left[1])
+    assert "demo-gamma asks 'When does the on-call rotation change?'" in out
+    # Concurrent edits converge.
+    merged = re.findall(r"^   (demo-\w+) +content=(.*)$", out, flags=re.MULTILINE)
+    assert [agent for agent, _ in merged] == ["demo-alpha", "demo-beta", "demo-gamma"]
+    assert len({fields for _, fields in merged}) == 1  # the same memory on all three
+    assert "tags=['europe'] importance=0.95 accesses=4" in merged[0][1]
+    assert "state roots: identical on the hub and all three agents" in out
+    assert "no problems" in out
+    assert f"chrysalis status --data-dir {tmp_path}" in out
+    assert f"chrysalis hub --data-dir {tmp_path / 'hub'}" in out
 
     status = run("status", "--data-dir", str(tmp_path), "--json")
     assert status.returncode == 0, status.stderr
     agents = json.loads(status.stdout)["agents"]
     assert [a["agent_id"] for a in agents] == ["demo-alpha", "demo-beta", "demo-gamma"]
-    assert len({a["state_root"] for a in agents}) == 1  # the demo converged
-    assert all(a["memories_live"] == 6 for a in agents)
+    roots = {a["state_root"] for a in agents}
+    assert roots == {hub_state_root(tmp_path / "hub")}  # the demo converged, hub included
+    assert all(a["memories_live"] == 9 for a in agents)
+    assert all(a["ops_pending"] == a["ops_retry"] == a["ops_local"] == 0 for a in agents)
 
     verify = run("verify", "--data-dir", str(tmp_path), "--json")
     assert verify.returncode == 0, verify.stdout
@@ -71,12 +123,33 @@ def test_demo_then_status_and_verify(tmp_path: Path) -> None:
     assert "chrysalis-hashing-v1-2048" in again["embedder"]
     assert run("verify", "--data-dir", str(tmp_path)).returncode == 0
 
+    # A second run would mix with the first: it asks for a new directory instead.
+    rerun = run("demo", "--data-dir", str(tmp_path))
+    assert rerun.returncode == 2
+    assert "already holds a demo" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_demo_in_a_terminal_shows_a_live_view(tmp_path: Path) -> None:
+    # FORCE_COLOR makes rich treat the pipe as a terminal: the live table runs.
+    demo = run("demo", "--data-dir", str(tmp_path), "--pause", "0", FORCE_COLOR="1")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "Chrysalis demo: live" in demo.stdout
+    assert "\x1b[" in demo.stdout
+    assert "state roots: identical on the hub and all three agents" in demo.stdout
+
 
 def test_verify_exits_nonzero_on_damage(tmp_path: Path) -> None:
-    assert run("demo", "--data-dir", str(tmp_path)).returncode == 0
-    with sqlite3.connect(tmp_path / "demo-beta" / "memory.db") as db:
+    # No --data-dir: the demo makes a new temporary directory, keeps it and says where.
+    demo = run("demo", TMPDIR=str(tmp_path))
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    where = re.search(r"^Data: (.+)$", demo.stdout, flags=re.MULTILINE)
+    assert where, demo.stdout
+    data_dir = Path(where[1])
+    assert data_dir.parent == tmp_path and data_dir.name.startswith("chrysalis-demo-")
+    with sqlite3.connect(data_dir / "demo-beta" / "memory.db") as db:
         db.execute("UPDATE docs SET state = replace(state, 'Paris', 'Rome')")
-    result = run("verify", "--data-dir", str(tmp_path))
+    result = run("verify", "--data-dir", str(data_dir))
     assert result.returncode == 1
     assert "PROBLEMS" in result.stdout and "differs from a replay" in result.stdout
 
