@@ -24,6 +24,7 @@ CORE_FILES = (
     "gossip/messages.py",
     "gossip/node.py",
     "gossip/simulator.py",
+    "gossip/wire.py",
 )
 FORBIDDEN = {"asyncio", "sqlite3", "aiosqlite", "chromadb", "websockets", "socket"}
 ALLOWED_INTERNAL = {
@@ -35,6 +36,7 @@ ALLOWED_INTERNAL = {
     "chrysalis_memory.gossip.summary",
     "chrysalis_memory.gossip.messages",
     "chrysalis_memory.gossip.node",
+    "chrysalis_memory.gossip.wire",
 }
 
 CORE_MODULES = sorted(
