@@ -721,6 +721,90 @@ class OpStore:
                 yield seqno, decode_op(body), SyncStatus(status)
             after = rows[-1][0]  # type: ignore[index]
 
+    # --- reads for gossip -------------------------------------------------------------
+
+    async def gossip_index(self, *, upto: int) -> tuple[list[tuple[str, int]], set[str]]:
+        """What gossip needs to start: the ``(writer, wseq)`` of every shareable op
+        (status other than ``local``) numbered up to ``upto``, and the documents
+        holding short-term (``local``) ops, which a promotion may share later."""
+        async with self._lock:
+            with _translated("reading the op log"):
+                shared = await self.db.execute_fetchall(
+                    "SELECT writer, wseq FROM ops WHERE seqno <= ? AND sync_status != 'local' "
+                    "ORDER BY writer, wseq",
+                    (upto,),
+                )
+                local = await self.db.execute_fetchall(
+                    "SELECT DISTINCT doc_id FROM ops WHERE sync_status = 'local'"
+                )
+        return [(str(w), int(s)) for w, s in shared], {str(doc) for (doc,) in local}
+
+    async def ops_in_ranges(
+        self,
+        ranges: Mapping[str, Sequence[tuple[int, int]]],
+        *,
+        max_ops: int = 10_000,
+        max_bytes: int = 16 << 20,
+        max_intervals: int = 4096,
+    ) -> list[Op]:
+        """The shareable ops (status other than ``local``) of these writers whose
+        sequence numbers fall in the inclusive ranges ``{writer: [(first, last)]}``,
+        in (writer, seq) order. Short-term ops are never returned: they never leave
+        the agent. At most ``max_ops`` ops and about ``max_bytes`` of them, from the
+        first ``max_intervals`` ranges: the rest is asked for again later."""
+        wanted = [
+            (writer, first, last)
+            for writer, intervals in ranges.items()
+            for first, last in intervals
+            if first <= last
+        ][:max_intervals]
+        ops: list[Op] = []
+        size = 0
+        async with self._lock:
+            with _translated("reading ops"):
+                for chunk in _chunks(wanted, 100):
+                    where = " OR ".join(["(writer = ? AND wseq BETWEEN ? AND ?)"] * len(chunk))
+                    rows = await self.db.execute_fetchall(
+                        f"SELECT body FROM ops WHERE ({where}) AND sync_status != 'local' "
+                        "ORDER BY writer, wseq LIMIT ?",
+                        [*(x for interval in chunk for x in interval), max_ops - len(ops)],
+                    )
+                    for (body,) in rows:
+                        if size + len(body) > max_bytes and ops:
+                            return ops
+                        ops.append(decode_op(body))
+                        size += len(body)
+                    if len(ops) >= max_ops:
+                        break
+        return ops
+
+    async def shareable_ops_of(self, doc_ids: Iterable[str]) -> tuple[list[Op], set[str]]:
+        """For documents that held short-term ops: their shareable ops now (a
+        promotion turned ``local`` ops ``pending``), and which of the documents
+        still hold ``local`` ops. Only documents with a shareable op are read."""
+        ops: list[Op] = []
+        still_local: set[str] = set()
+        docs = list(doc_ids)
+        async with self._lock:
+            with _translated("reading ops"):
+                shared = await self._select_in(
+                    "SELECT DISTINCT doc_id FROM ops WHERE doc_id IN ({marks}) "
+                    "AND sync_status != 'local'",
+                    docs,
+                )
+                readable = {doc for (doc,) in shared}
+                rows = await self._select_in(
+                    "SELECT doc_id, body, sync_status FROM ops WHERE doc_id IN ({marks})",
+                    readable,
+                )
+        for doc, body, status in rows:
+            if status == SyncStatus.LOCAL.value:
+                still_local.add(doc)
+            else:
+                ops.append(decode_op(body))
+        still_local.update(doc for doc in docs if doc not in readable)
+        return ops, still_local
+
     async def known_cids(self, cids: Sequence[str]) -> set[str]:
         async with self._lock:
             with _translated("looking up ops"):
