@@ -362,6 +362,8 @@ class GossipNode:
                 and _STRENGTH[update.state] > _STRENGTH[known.state]
             )
             if newer:
+                if update.incarnation > known.incarnation:
+                    known.addr = update.addr  # a later life may listen elsewhere (a restart)
                 self._set_state(update.id, known, update.state, update.incarnation, now_ms)
 
     # --- messages ----------------------------------------------------------------------
