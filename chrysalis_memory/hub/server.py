@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 from filelock import FileLock, Timeout
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -48,6 +50,7 @@ from chrysalis_memory.errors import (
     DataDirLockedError,
     InvalidOpError,
 )
+from chrysalis_memory.gossip.wire import check_addr
 from chrysalis_memory.hub.metrics import HubMetrics
 from chrysalis_memory.hub.registry import Registry
 from chrysalis_memory.hub.tokens import TokenStore
@@ -77,6 +80,11 @@ REGISTRY_KEY: Final = "hub_registry"
 WATERMARK_FILE: Final = "hub.state"
 _FRAME_OVERHEAD: Final = 256  # bytes of an ops page around its ops
 _SAVE_EVERY_S: Final = 1.0
+PEERS_SAMPLE: Final = 32
+"""Gossip peers ``GET /peers`` returns at most."""
+PEER_TTL_S: Final = 180.0
+"""An agent not connected for sync stays listed this long after it last announced
+its gossip address (agents re-announce every minute)."""
 
 
 class TokenBucket:
@@ -132,6 +140,7 @@ class Hub:
         self._commit = asyncio.Lock()  # log numbering and broadcast order
         self._saver: asyncio.Task[None] | None = None
         self._started = 0.0
+        self._gossip: dict[str, tuple[str, float]] = {}  # agent → (gossip URL, announced at)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -306,6 +315,8 @@ class Hub:
 
     def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
         """Runs before the websocket exists: no message is read from a stranger."""
+        if _is_peers(request.path):
+            return self._peers(connection, request)
         try:
             agent = self.tokens.authenticate(request.headers.get("Authorization"))
         except AuthenticationError as error:
@@ -341,7 +352,44 @@ class Hub:
                 Headers({"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}),
                 self.metrics.render(),
             )
-        return connection.respond(HTTPStatus.NOT_FOUND, "try /health or /metrics\n")
+        if _is_peers(request.path):
+            return self._peers(connection, request)
+        return connection.respond(HTTPStatus.NOT_FOUND, "try /health, /metrics or /peers\n")
+
+    def _peers(self, connection: ServerConnection, request: Request) -> Response:
+        """``GET /peers[?announce=<ws URL>]`` (on either port), with an agent's token:
+        records the caller's gossip address when it announces one, and returns
+        ``{agent_id: gossip URL}`` for a random sample of at most
+        :data:`PEERS_SAMPLE` other agents that announced one and are connected
+        (or announced within :data:`PEER_TTL_S`).
+
+        The announcement travels in the query string because websockets' HTTP
+        parser takes no request body (a PUT with one is refused before it gets here).
+        """
+        try:
+            agent = self.tokens.authenticate(request.headers.get("Authorization"))
+        except AuthenticationError as error:
+            self.metrics.refused.labels("unauthorized").inc()
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{error}\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="chrysalis-hub"'
+            return response
+        try:
+            query = parse_qs(urlsplit(request.path).query, strict_parsing=False, max_num_fields=4)
+            announced = query.get("announce", [])
+            if len(announced) > 1:
+                raise ValueError("announce one address")
+            if announced:
+                self._gossip[agent] = (check_addr(announced[0]), time.monotonic())
+        except (ValueError, ChrysalisError) as error:
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"bad /peers request: {error}\n")
+        now = time.monotonic()
+        for other, (_, at) in list(self._gossip.items()):
+            if now - at > PEER_TTL_S and not self._per_agent.get(other):
+                del self._gossip[other]
+        others = sorted(a for a in self._gossip if a != agent)
+        sample = random.sample(others, min(PEERS_SAMPLE, len(others)))
+        body = json.dumps({a: self._gossip[a][0] for a in sample}).encode()
+        return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
 
     async def _never_upgrade(self, connection: ServerConnection) -> None:
         await connection.close()
@@ -494,6 +542,10 @@ class Hub:
         )
         self.metrics.searches.inc()
         return [(c.state.id, float(c.score)) for c in found]
+
+
+def _is_peers(path: str) -> bool:
+    return urlsplit(path).path.rstrip("/").endswith("/peers")
 
 
 def _size(frame: str | bytes) -> int:
