@@ -83,21 +83,36 @@ class GossipConfig(_EnvConfig):
 
     enabled: bool = Field(
         default=False,
-        description="Listen for peers and gossip ops (arrives in a later release).",
+        description="Listen for peers and exchange shared memories with them directly "
+        "(docs/gossip.md); peers come from seeds and, with hub_url and hub_token set, from "
+        "the hub.",
     )
     fanout: int = Field(default=3, ge=1, le=64, description="Peers pushed to per round.")
     interval_ms: int = Field(default=500, ge=10, description="Time between gossip rounds.")
-    max_retries: int = Field(default=3, ge=0, description="Retries of a failed push to a peer.")
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Unused (kept for the spec): a lost push is never retried as such; each "
+        "op is pushed for several rounds to random peers and anti-entropy repairs the rest.",
+    )
     anti_entropy_enabled: bool = Field(
         default=True, description="Periodically reconcile with one random peer."
     )
     anti_entropy_interval_ms: int = Field(
         default=5000, ge=100, description="Time between anti-entropy reconciliations."
     )
-    listen_host: str = Field(default="127.0.0.1", description="Address peers connect to.")
-    listen_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
+    listen_host: str = Field(
+        default="127.0.0.1",
+        description="Interface to listen on; peers are told ws://LISTEN_HOST:PORT, so it must "
+        "be an address they can reach (not 0.0.0.0).",
+    )
+    listen_port: int = Field(
+        default=0, ge=0, le=65535, description="0 picks a free port (AgentMemory.gossip_url)."
+    )
     seeds: list[str] = Field(
-        default_factory=list, description="ws:// URLs of known peers (comma-separated in env)."
+        default_factory=list,
+        description="ws:// URLs of peers to introduce this agent to (comma-separated in env); "
+        "one reachable peer is enough.",
     )
 
     @field_validator("seeds", mode="before")

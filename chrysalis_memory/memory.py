@@ -63,6 +63,7 @@ from chrysalis_memory.store.verify import VerifyReport, verify_store
 from chrysalis_memory.verifier import SignatureVerifier
 
 if TYPE_CHECKING:
+    from chrysalis_memory.gossip.peer import GossipPeer, GossipState
     from chrysalis_memory.recall.embedders import Embedder
     from chrysalis_memory.sync.client import SyncClient, SyncReport, SyncState
 
@@ -110,6 +111,7 @@ class AgentMemory:
         self._write_lock = asyncio.Lock()
         self._recall: RecallService | None = None
         self._sync: SyncClient | None = None
+        self._gossip: GossipPeer | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -182,16 +184,30 @@ class AgentMemory:
             )
             self._sync.start()
         if cfg.gossip.enabled:
-            log.warning(
-                "%s: gossip is enabled, but this version of chrysalis-memory has no gossip "
-                "layer yet; memories reach other agents through the hub",
-                cfg.agent_id,
+            from chrysalis_memory.gossip.peer import GossipPeer
+
+            gossip = GossipPeer(
+                store,
+                self._merge,
+                agent_id=cfg.agent_id,
+                config=cfg.gossip,
+                hub_url=cfg.hub_url,
+                hub_token=cfg.hub_token.get_secret_value() if cfg.hub_token else None,
             )
+            try:
+                await gossip.start()
+            except BaseException:
+                await self.close()
+                raise
+            self._gossip = gossip
         return self
 
     async def close(self) -> None:
         """Close the store; everything acknowledged is already durable (and ops
         not yet pushed to the hub are pushed at the next open)."""
+        if self._gossip is not None:
+            gossip, self._gossip = self._gossip, None
+            await gossip.close()
         if self._sync is not None:
             sync, self._sync = self._sync, None
             await sync.close()
@@ -683,6 +699,8 @@ class AgentMemory:
             self._recall.notify()
         if self._sync is not None:
             self._sync.notify()
+        if self._gossip is not None:
+            self._gossip.notify()
 
     async def _write_embeddings(self, embeddings: builtins.list[NewEmbedding]) -> None:
         """Record embeddings made here as signed ops, so they replicate."""
@@ -788,6 +806,8 @@ class AgentMemory:
             self._recall.notify()
         if new and status is SyncStatus.PENDING and self._sync is not None:
             self._sync.notify()
+        if new and self._gossip is not None:
+            self._gossip.notify()  # relayed by the hub or merged: gossip them on
         return len(new)
 
     async def state_root(self) -> str:
@@ -816,6 +836,19 @@ class AgentMemory:
     def sync_state(self) -> SyncState | None:
         """Where sync with the hub stands; None when no hub is configured."""
         return None if self._sync is None else self._sync.state()
+
+    # --- gossip ------------------------------------------------------------------------
+
+    @property
+    def gossip_url(self) -> str | None:
+        """The ``ws://`` address peers reach this agent at; None when gossip is off
+        (``gossip.enabled``) or the memory is closed."""
+        return None if self._gossip is None else self._gossip.url
+
+    def gossip_state(self) -> GossipState | None:
+        """Where peer-to-peer gossip stands (peers alive, suspect and dead, rumours
+        still spreading, messages and bytes sent); None when gossip is off."""
+        return None if self._gossip is None else self._gossip.state()
 
     def _require_sync(self) -> SyncClient:
         self.store  # noqa: B018 (raises ClosedError when closed)

@@ -137,12 +137,33 @@ async def test_agent_memory_accepts_config_or_keywords(
     assert (tmp_path / "override" / "memory.db").exists()
 
 
-async def test_settings_of_later_releases_are_flagged_not_silently_ignored(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level("WARNING", logger="chrysalis_memory.memory"):
-        async with AgentMemory(
-            agent_id="a1", data_dir=tmp_path, gossip=GossipConfig(enabled=True)
-        ) as mem:
-            await mem.learn("still works offline")
-    assert "no gossip layer yet" in caplog.text
+async def test_gossip_enabled_listens_for_peers_and_off_it_does_not(tmp_path: Path) -> None:
+    async with AgentMemory(agent_id="a1", data_dir=tmp_path) as quiet:
+        assert quiet.gossip_url is None and quiet.gossip_state() is None
+    async with AgentMemory(
+        agent_id="a2", data_dir=tmp_path, gossip=GossipConfig(enabled=True, listen_port=0)
+    ) as mem:
+        await mem.learn("still works offline, with no peer at all", importance=0.9)
+        url = mem.gossip_url
+        assert url is not None and url.startswith("ws://127.0.0.1:")
+        assert not url.endswith(":0")
+        state = mem.gossip_state()
+        assert state is not None and state.url == url
+        assert (state.alive, state.suspect, state.dead) == (0, 0, 0)
+    assert mem.gossip_url is None
+
+
+async def test_a_gossip_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+    async with AgentMemory(
+        agent_id="a1", data_dir=tmp_path, gossip=GossipConfig(enabled=True)
+    ) as first:
+        assert first.gossip_url is not None
+        port = int(first.gossip_url.rsplit(":", 1)[1])
+        second = AgentMemory(
+            agent_id="a2", data_dir=tmp_path, gossip=GossipConfig(enabled=True, listen_port=port)
+        )
+        with pytest.raises(ConfigError, match="gossip cannot listen"):
+            await second.open()
+        assert not second.is_open
+        async with AgentMemory(agent_id="a2", data_dir=tmp_path) as again:  # lock released
+            assert again.is_open
