@@ -3,35 +3,20 @@ them (offline, in a temporary directory)."""
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[3] / "docs" / "langchain.md"
-NEEDS_HUB = "# needs a running hub"
+from tests.integrations.docs_runner import DOCS, examples, run_examples
 
-
-def _examples() -> list[str]:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-    return [block for block in blocks if not block.startswith(NEEDS_HUB)]
+DOC = DOCS / "langchain.md"
 
 
 def test_the_guide_has_examples() -> None:
-    assert len(_examples()) >= 6
+    assert len(examples(DOC)) >= 6
 
 
 @pytest.mark.filterwarnings("ignore::langchain_core._api.deprecation.LangChainDeprecationWarning")
 @pytest.mark.filterwarnings("ignore::langgraph.warnings.LangGraphDeprecatedSinceV10")
 def test_the_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("CHRYSALIS_", "FIREPROOF_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("CHRYSALIS_EMBEDDER", "hashing")  # no Ollama on the test machine
-    monkeypatch.chdir(tmp_path)
-    for number, example in enumerate(_examples(), 1):
-        try:
-            exec(compile(example, f"{DOC.name}, example {number}", "exec"), {"__name__": "doc"})
-        except Exception as error:
-            raise AssertionError(f"example {number} failed:\n{example}") from error
+    run_examples(DOC, tmp_path, monkeypatch)
