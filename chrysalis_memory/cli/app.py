@@ -31,6 +31,7 @@ from chrysalis_memory.memory import AgentMemory
 from chrysalis_memory.recall.embedders import select_embedder
 from chrysalis_memory.store import OpStore
 from chrysalis_memory.store.verify import verify_store
+from chrysalis_memory.sync.client import CURSOR_KEY, HUB_ID_KEY
 from chrysalis_memory.verifier import SignatureVerifier
 
 app = typer.Typer(
@@ -83,9 +84,18 @@ async def _status_of(agent: str, path: Path) -> dict[str, Any]:
     try:
         counts = await store.counts()
         root = await store.state_root()
+        hub_id = await store.meta(HUB_ID_KEY)
+        cursor = int(await store.meta(CURSOR_KEY) or 0)
     finally:
         await store.close()
-    return {"agent_id": agent, "db_path": str(path), "state_root": root, **counts}
+    return {
+        "agent_id": agent,
+        "db_path": str(path),
+        "state_root": root,
+        "hub_id": hub_id,
+        "hub_cursor": cursor,
+        **counts,
+    }
 
 
 async def _verify_of(agent: str, path: Path) -> dict[str, Any]:
@@ -121,7 +131,8 @@ def status(
     agent_id: AgentOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show each agent's store: memories, ops by sync status, state root.
+    """Show each agent's store: memories, ops by sync status, the hub it last
+    synced with and how far into its log, state root.
 
     Reads the stores without locking them, so it works while agents run.
     """
@@ -138,6 +149,7 @@ def status(
     table.add_column("agent", no_wrap=True)
     for column in ("memories", "forgotten", "ops", "local", "pending", "synced"):
         table.add_column(column, justify="right")
+    table.add_column("hub (cursor)", no_wrap=True)
     table.add_column("state root", no_wrap=True)
     for r in results:
         table.add_row(
@@ -148,6 +160,7 @@ def status(
             str(r["ops_local"]),
             str(r["ops_pending"] + r["ops_retry"]),
             str(r["ops_synced"]),
+            f"{r['hub_id']} ({r['hub_cursor']})" if r["hub_id"] else "-",
             r["state_root"][:12],
         )
     console.print(table)

@@ -4,7 +4,9 @@ loopback, real SQLite stores, real Chroma. (Separate processes: test_processes.p
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import sys
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -565,3 +567,28 @@ async def test_blocking_memory_syncs_through_the_hub(start_hub: StartHub, tmp_pa
     root_a, root_b, state = await asyncio.to_thread(both_agents)
     assert root_a == root_b
     assert state is not None and state.hub_id == hub.hub_id  # type: ignore[attr-defined]
+
+
+async def test_status_shows_the_hub_and_cursor_of_each_agent(
+    start_hub: StartHub, open_agent: OpenAgent, tmp_path: Path
+) -> None:
+    hub = await start_hub()
+    a = await open_agent("agent-a", hub)
+    for i in range(3):
+        await a.learn(f"fact {i}", importance=0.9)
+    await a.sync_now()
+    await a.close()  # the cursor is saved at disconnection
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chrysalis_memory.cli",
+        "status",
+        "--data-dir",
+        str(tmp_path / "agents"),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    (agent,) = json.loads(out)["agents"]
+    assert (agent["hub_id"], agent["hub_cursor"]) == (hub.hub_id, 3)
