@@ -28,7 +28,10 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
+
+from typing_extensions import Self
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, BlockingAgentMemory
 from chrysalis_memory.blocking import LoopThread
@@ -40,7 +43,7 @@ R = TypeVar("R")
 MemoryCall = Callable[[AgentMemory], Awaitable[R]]
 MemoryArg = AgentMemory | BlockingAgentMemory
 
-__all__ = ["MemoryArg", "MemoryHandle", "build_config"]
+__all__ = ["HandleLifecycle", "MemoryArg", "MemoryHandle", "build_config"]
 
 
 def build_config(
@@ -340,6 +343,31 @@ class MemoryHandle:
         home, self._home = self._home, None
         if home is not None:
             await asyncio.to_thread(_release, home)
+
+
+class HandleLifecycle:
+    """``close``, ``aclose`` and ``with`` for an adapter whose memory is the
+    :class:`MemoryHandle` in ``self._handle``."""
+
+    _handle: MemoryHandle
+
+    def close(self) -> None:
+        """Let go of the agent's memory (closed when no adapter uses it any more)."""
+        self._handle.close()
+
+    async def aclose(self) -> None:
+        await self._handle.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -8,18 +8,16 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
-from typing_extensions import Self
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, MemoryDocument
 from chrysalis_memory.errors import InvalidArgumentError
 from langchain_chrysalis._documents import Writer
-from langchain_chrysalis._runtime import MemoryArg, MemoryHandle
+from langchain_chrysalis._runtime import HandleLifecycle, MemoryArg, MemoryHandle
 from langchain_chrysalis.embeddings import as_embedder
 
 __all__ = ["ChrysalisChatMessageHistory"]
@@ -52,7 +50,7 @@ def session_tag(session_id: str) -> str:
     return tag
 
 
-class ChrysalisChatMessageHistory(BaseChatMessageHistory):
+class ChrysalisChatMessageHistory(HandleLifecycle, BaseChatMessageHistory):
     """The messages of one chat session, stored as memories of a Chrysalis agent.
 
     Every message is a memory (episodic, tagged ``chat`` and
@@ -112,24 +110,6 @@ class ChrysalisChatMessageHistory(BaseChatMessageHistory):
     @property
     def memory(self) -> AgentMemory:
         return self._handle.memory
-
-    def close(self) -> None:
-        """Let go of the agent's memory (closed when no adapter uses it any more)."""
-        self._handle.close()
-
-    async def aclose(self) -> None:
-        await self._handle.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- reads ----------------------------------------------------------------------------
 

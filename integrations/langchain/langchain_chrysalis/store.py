@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from langchain_core.embeddings import Embeddings
@@ -35,7 +34,6 @@ from langgraph.store.base import (
     get_text_at_path,
     tokenize_path,
 )
-from typing_extensions import Self
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, MemoryDocument
 from chrysalis_memory.errors import InvalidArgumentError
@@ -48,7 +46,7 @@ from langchain_chrysalis._documents import (
     recall_size,
     timestamp,
 )
-from langchain_chrysalis._runtime import MemoryArg, MemoryHandle
+from langchain_chrysalis._runtime import HandleLifecycle, MemoryArg, MemoryHandle
 from langchain_chrysalis.embeddings import ChrysalisEmbeddings, LangChainEmbedder
 
 try:  # recent langgraph: reject labels such as "a.b" in ops given to batch() directly
@@ -87,7 +85,7 @@ def namespace_tag(prefix: Namespace) -> str:
     return "lgns#" + hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class ChrysalisStore(BaseStore):
+class ChrysalisStore(HandleLifecycle, BaseStore):
     """A LangGraph ``BaseStore`` whose items are memories of a Chrysalis agent.
 
     Use it wherever LangGraph takes a store (``create_react_agent(...,
@@ -169,24 +167,6 @@ class ChrysalisStore(BaseStore):
     def memory(self) -> AgentMemory:
         """The agent memory behind this store."""
         return self._handle.memory
-
-    def close(self) -> None:
-        """Let go of the agent's memory (closed when no adapter uses it any more)."""
-        self._handle.close()
-
-    async def aclose(self) -> None:
-        await self._handle.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- batches ----------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from langchain_chrysalis._documents import (
     stored_vectors,
     to_document,
 )
-from langchain_chrysalis._runtime import MemoryArg, MemoryHandle
+from langchain_chrysalis._runtime import HandleLifecycle, MemoryArg, MemoryHandle
 from langchain_chrysalis.embeddings import LangChainEmbedder, as_embedder
 
 __all__ = ["ChrysalisVectorStore"]
@@ -37,7 +36,7 @@ __all__ = ["ChrysalisVectorStore"]
 _Hit = tuple[MemoryDocument, float]
 
 
-class ChrysalisVectorStore(VectorStore):
+class ChrysalisVectorStore(HandleLifecycle, VectorStore):
     """A vector store whose documents are memories of a Chrysalis agent.
 
     Documents added here are learned as memories (``importance`` 0.8 by
@@ -130,24 +129,6 @@ class ChrysalisVectorStore(VectorStore):
     @property
     def tags(self) -> list[str]:
         return list(self._writer.tags)
-
-    def close(self) -> None:
-        """Let go of the agent's memory (closed when no adapter uses it any more)."""
-        self._handle.close()
-
-    async def aclose(self) -> None:
-        await self._handle.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- writes ----------------------------------------------------------------------
 
