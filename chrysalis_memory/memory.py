@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
 from filelock import FileLock, Timeout
 from msgspec import UNSET
 
@@ -50,8 +51,10 @@ from chrysalis_memory.model.ops import (
     OpAuthor,
     Signer,
     decode_op,
+    decode_vector,
     embedding_id,
     encode_vector,
+    text_hash,
 )
 from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
@@ -267,7 +270,8 @@ class AgentMemory:
         """Remember something; returns the new memory's id.
 
         ``memory_id`` picks the id (a UUID by default). Learning an id that
-        already exists merges into it, as concurrent creations do.
+        already exists merges into it, as concurrent creations do; learning a
+        forgotten one brings it back.
         """
         patch = MemoryPatch(
             create=Creation(kind=doc_type) if doc_type != "memory" else Creation(),
@@ -286,7 +290,15 @@ class AgentMemory:
                 f"doc_type must be memory, bead or metadata; got {doc_type!r}"
             )
         doc_id = str(uuid.uuid4()) if memory_id is None else check.memory_id(memory_id)
-        await self._write(doc_id, lambda _: patch, creating=True, fresh=memory_id is None)
+
+        def build(current: MemoryState) -> MemoryPatch:
+            # Learning a forgotten id again brings it back (a later write wins the
+            # forgotten flag, as any last-writer-wins field).
+            return (
+                msgspec.structs.replace(patch, forgotten=False) if current.is_forgotten else patch
+            )
+
+        await self._write(doc_id, build, creating=True, fresh=memory_id is None)
         return doc_id
 
     async def update(
@@ -668,6 +680,28 @@ class AgentMemory:
         indexed.
         """
         return await self._recall_service().rebuild(progress)
+
+    async def flush_index(self) -> int:
+        """Index everything written so far now (recall does it first anyway; the
+        index otherwise catches up once writes pause). Returns the ops indexed."""
+        return await (await self._recall_index()).flush()
+
+    async def embedding_model(self) -> str:
+        """The model recall embeds with (starting recall if need be)."""
+        return await self._recall_service().embedding_model()
+
+    async def embedding(self, memory_id: str) -> builtins.list[float] | None:
+        """The vector recall uses for this memory's current content (under
+        :meth:`embedding_model`), or None if it has not been embedded yet
+        (:meth:`flush_index` embeds it)."""
+        state = await self._memory_state(memory_id)
+        model = await self.embedding_model()
+        doc_id = embedding_id(model, text_hash(state.content.value or ""))
+        entry = await self.store.get_state(doc_id)
+        if entry is None or not isinstance(entry[0], EmbeddingState):
+            return None
+        payload = entry[0].payload.value
+        return None if payload is None else decode_vector(payload.vector)
 
     def _recall_service(self) -> RecallService:
         if self._recall is None:
