@@ -5,15 +5,31 @@ from __future__ import annotations
 
 import pytest
 
+from chrysalis_memory.gossip import wire
+from chrysalis_memory.gossip.messages import (
+    Ack,
+    Digest,
+    Entries,
+    Member,
+    Ping,
+    PingReq,
+    Push,
+    PushReply,
+    Want,
+)
 from chrysalis_memory.gossip.node import GossipSettings
 from chrysalis_memory.gossip.simulator import (
     Crash,
     NetworkSettings,
     Partition,
+    SimOp,
     Simulation,
     expected_rounds,
+    message_bytes,
     run_dissemination,
 )
+from chrysalis_memory.gossip.summary import Summary
+from tests.sync.helpers import make_ops
 
 
 def hostile_run(seed: int) -> tuple[Simulation, float]:
@@ -90,3 +106,29 @@ def test_a_crashed_agent_is_declared_dead_and_skipped() -> None:
     sim2.run(8000, stop_when_complete=False)
     states = {n.state_of("a00007") for a, n in sim2.nodes.items() if a != "a00007"} - {None}
     assert states == {"alive"}
+
+
+def test_simulated_sizes_follow_the_wire_codec() -> None:
+    real_ops = tuple(make_ops("agent-a", 20))
+    sim_ops = tuple(SimOp(o.writer, o.seq, o.cid, size=len(o.encoded)) for o in real_ops)
+    members = (Member("agent-a", "ws://127.0.0.1:40123", "alive", 1_732_150_000_000),) * 3
+    summary = Summary()
+    for i in range(1, 100):
+        summary.add(f"writer-{i % 30}", i)
+    entries = {w: tuple(iv) for w, iv in summary.entries(range(64)).items()}
+    pairs = [
+        (Push(real_ops, members), Push(sim_ops, members)),
+        (PushReply(tuple(o.cid for o in real_ops), members), None),
+        (Ping(3, members), None),
+        (Ack(3, members), None),
+        (PingReq(3, "agent-b", members), None),
+        (Digest(1, tuple(summary.digests())), None),
+        (Want(1, {"writer-1": ((1, 5), (7, 9))}), None),
+    ]
+    for real, simulated in pairs:
+        estimate = message_bytes(simulated or real)
+        actual = wire.encoded_size(real) + wire.ENVELOPE_BYTES
+        assert abs(estimate - actual) <= 0.2 * actual, type(real).__name__
+    # Reconciliation entries are over-counted, never under-counted.
+    entries_message = Entries(1, tuple(range(64)), entries)
+    assert message_bytes(entries_message) >= wire.encoded_size(entries_message)
