@@ -10,18 +10,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate, RichPromptTemplate
-from llama_index.vector_stores.chrysalis.replica import Replica, build_config
+from llama_index.vector_stores.chrysalis.replica import Replica, ReplicaUser, replica_for
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, BlockingAgentMemory
-from chrysalis_memory.errors import UsageError
 from chrysalis_memory.model.document import MemoryType
 from chrysalis_memory.validation import MAX_QUERY_CHARS
 
@@ -30,13 +27,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ChrysalisMemoryBlock"]
 
-R = TypeVar("R")
 
 _SKIPPED_ROLES: Final = frozenset({MessageRole.SYSTEM, MessageRole.DEVELOPER})
 DEFAULT_TEMPLATE: Final = RichPromptTemplate("{{ text }}")
 
 
-class ChrysalisMemoryBlock(BaseMemoryBlock[str]):
+class ChrysalisMemoryBlock(ReplicaUser, BaseMemoryBlock[str]):
     """A memory block backed by the agents' collective memory.
 
     ::
@@ -99,6 +95,7 @@ class ChrysalisMemoryBlock(BaseMemoryBlock[str]):
         default=DEFAULT_TEMPLATE, description="Formats the recalled text (as {{ text }})."
     )
 
+    _kind: ClassVar[str] = "ChrysalisMemoryBlock"
     _replica: Replica = PrivateAttr()
     _closed: bool = PrivateAttr(default=False)
 
@@ -114,18 +111,14 @@ class ChrysalisMemoryBlock(BaseMemoryBlock[str]):
         **data: Any,
     ) -> None:
         super().__init__(**data)
-        keywords = {
-            "agent_id": agent_id,
-            "data_dir": data_dir,
-            "hub_url": hub_url,
-            "hub_token": hub_token,
-        }
-        if memory is not None:
-            if config is not None or any(v is not None for v in keywords.values()):
-                raise ValueError("pass memory= or the config keywords, not both")
-            replica = Replica.for_memory(memory)
-        else:
-            replica = Replica.for_config(build_config(config, **keywords))
+        replica = replica_for(
+            memory,
+            config,
+            agent_id=agent_id,
+            data_dir=data_dir,
+            hub_url=hub_url,
+            hub_token=hub_token,
+        )
         self._replica = replica.acquire()
 
     @field_validator("memory_type", "recall_memory_type")
@@ -150,37 +143,10 @@ class ChrysalisMemoryBlock(BaseMemoryBlock[str]):
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the memory (closed once no adapter of this process uses it)."""
-        if not self._closed:
-            self._closed = True
-            self._replica.release()
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._replica.arelease()
-
     async def async_now(self, timeout: float = 30.0) -> SyncReport:
         """Push this agent's memories to the hub and pull the others', now
         (``AgentMemory.sync_now``; sync also runs in the background)."""
         return await self._call(functools.partial(_sync_now, timeout))
-
-    def __enter__(self) -> ChrysalisMemoryBlock:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def _call(self, work: Callable[[AgentMemory], Awaitable[R]]) -> R:
-        if self._closed:
-            raise UsageError("this ChrysalisMemoryBlock is closed")
-        return await self._replica.call(work)
 
     # --- BaseMemoryBlock ------------------------------------------------------------
 

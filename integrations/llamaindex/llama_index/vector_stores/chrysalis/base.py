@@ -13,10 +13,10 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
@@ -37,7 +37,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 from llama_index.vector_stores.chrysalis.embedding import LlamaIndexEmbedder
 from llama_index.vector_stores.chrysalis.filters import compile_filters, pushdown
-from llama_index.vector_stores.chrysalis.replica import Replica, build_config
+from llama_index.vector_stores.chrysalis.replica import Replica, ReplicaUser, replica_for
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, BlockingAgentMemory
 from chrysalis_memory.errors import UnknownMemoryError, UsageError
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["NODE_TAG", "ChrysalisVectorStore"]
 
 log = logging.getLogger(__name__)
-
-R = TypeVar("R")
 
 NODE_TAG: Final = "llamaindex"
 """Every node the store writes carries this tag."""
@@ -86,7 +84,7 @@ class _Learnable:
     embedding: list[float] | None
 
 
-class ChrysalisVectorStore(BasePydanticVectorStore):
+class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
     """The collective memory of Chrysalis agents as a LlamaIndex vector store.
 
     ::
@@ -144,6 +142,7 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
         description="Count an access to each memory a query returns (summed across agents).",
     )
 
+    _kind: ClassVar[str] = "ChrysalisVectorStore"
     _replica: Replica = PrivateAttr()
     _embedder: LlamaIndexEmbedder | None = PrivateAttr(default=None)
     _checked: bool = PrivateAttr(default=False)
@@ -163,12 +162,6 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
         **data: Any,
     ) -> None:
         super().__init__(embeddings=embeddings, is_embedding_query=embeddings == "node", **data)
-        keywords = {
-            "agent_id": agent_id,
-            "data_dir": data_dir,
-            "hub_url": hub_url,
-            "hub_token": hub_token,
-        }
         embedder: LlamaIndexEmbedder | None = None
         if embeddings == "node":
             embedder = LlamaIndexEmbedder(embed_model)
@@ -177,15 +170,18 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
                 "embed_model is used with embeddings='node' only: with embeddings='memory' "
                 "the memory's own embedder is used"
             )
-        if memory is not None:
-            if config is not None or any(v is not None for v in keywords.values()):
-                raise ValueError("pass memory= or the config keywords, not both")
-            replica = Replica.for_memory(memory)
-        else:
-            replica = Replica.for_config(build_config(config, **keywords), embedder=embedder)
-            shared = replica.embedder
-            if embedder is not None and isinstance(shared, LlamaIndexEmbedder):
-                embedder = shared  # another store of the same model made this replica
+        replica = replica_for(
+            memory,
+            config,
+            embedder=embedder,
+            agent_id=agent_id,
+            data_dir=data_dir,
+            hub_url=hub_url,
+            hub_token=hub_token,
+        )
+        shared = replica.embedder
+        if memory is None and embedder is not None and isinstance(shared, LlamaIndexEmbedder):
+            embedder = shared  # another store of the same model made this replica
         self._embedder = embedder
         self._replica = replica.acquire()
 
@@ -226,17 +222,6 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the memory (closed once no adapter of this process uses it)."""
-        if not self._closed:
-            self._closed = True
-            self._replica.release()
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._replica.arelease()
-
     def sync_now(self, timeout: float = 30.0) -> SyncReport:
         """Push what this agent learned to the hub and pull what the others did, now
         (``AgentMemory.sync_now``; sync also runs in the background)."""
@@ -245,17 +230,6 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
     async def async_now(self, timeout: float = 30.0) -> SyncReport:
         """:meth:`sync_now`, from async code."""
         return await self._call(functools.partial(_sync_now, timeout))
-
-    def __enter__(self) -> ChrysalisVectorStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     async def __aenter__(self) -> ChrysalisVectorStore:
         return self
@@ -267,18 +241,6 @@ class ChrysalisVectorStore(BasePydanticVectorStore):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    def _run(self, work: Callable[[AgentMemory], Awaitable[R]]) -> R:
-        self._check_open()
-        return self._replica.run(work)
-
-    async def _call(self, work: Callable[[AgentMemory], Awaitable[R]]) -> R:
-        self._check_open()
-        return await self._replica.call(work)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise UsageError("this ChrysalisVectorStore is closed")
 
     # --- the VectorStore API: blocking ----------------------------------------------
 

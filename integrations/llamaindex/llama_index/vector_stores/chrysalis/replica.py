@@ -35,14 +35,17 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from typing_extensions import Self
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, BlockingAgentMemory
 from chrysalis_memory.blocking import LoopThread
 from chrysalis_memory.errors import UsageError
 from chrysalis_memory.recall.embedders import Embedder
 
-__all__ = ["CONFIG_KEYWORDS", "Replica", "build_config"]
+__all__ = ["CONFIG_KEYWORDS", "Replica", "ReplicaUser", "build_config", "replica_for"]
 
 R = TypeVar("R")
 
@@ -351,6 +354,67 @@ class Replica:
         with self._lock:
             self._users = 1
         self.release()
+
+
+def replica_for(
+    memory: AgentMemory | BlockingAgentMemory | None,
+    config: AgentMemoryConfig | None,
+    *,
+    embedder: Embedder | None = None,
+    **keywords: Any,
+) -> Replica:
+    """The replica an adapter's arguments name: ``memory=``, or ``config`` and the
+    config keywords (not both); ``embedder`` goes to :meth:`Replica.for_config`."""
+    if memory is not None:
+        if config is not None or any(v is not None for v in keywords.values()):
+            raise ValueError("pass memory= or the config keywords, not both")
+        return Replica.for_memory(memory)
+    return Replica.for_config(build_config(config, **keywords), embedder=embedder)
+
+
+class ReplicaUser:
+    """What an adapter holding a :class:`Replica` (acquired, in ``_replica``) needs:
+    closing it (once; also as a context manager) and running work on its memory,
+    refused once closed. ``_kind`` names the adapter in that error."""
+
+    _kind: ClassVar[str]
+    if TYPE_CHECKING:  # pydantic private attributes, declared by each adapter
+        _replica: Replica
+        _closed: bool
+
+    def close(self) -> None:
+        """Release the memory (closed once no adapter of this process uses it)."""
+        if not self._closed:
+            self._closed = True
+            self._replica.release()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._replica.arelease()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, work: Callable[[AgentMemory], Awaitable[R]]) -> R:
+        self._check_open()
+        return self._replica.run(work)
+
+    async def _call(self, work: Callable[[AgentMemory], Awaitable[R]]) -> R:
+        self._check_open()
+        return await self._replica.call(work)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"this {self._kind} is closed")
 
 
 START_TIMEOUT = 10.0
