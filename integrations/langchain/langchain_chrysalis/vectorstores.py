@@ -142,11 +142,7 @@ class ChrysalisVectorStore(HandleLifecycle, VectorStore):
     ) -> list[str]:
         """Add texts (or overwrite those whose ids exist); returns their ids."""
         rows, chosen = _rows(texts, metadatas, ids)
-
-        async def add(mem: AgentMemory) -> None:
-            await self._add(mem, rows)
-
-        self._handle.run(add)
+        self._handle.run(lambda mem: self._add(mem, rows))
         return chosen
 
     async def aadd_texts(
@@ -158,11 +154,7 @@ class ChrysalisVectorStore(HandleLifecycle, VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         rows, chosen = _rows(texts, metadatas, ids)
-
-        async def add(mem: AgentMemory) -> None:
-            await self._add(mem, rows)
-
-        await self._handle.arun(add)
+        await self._handle.arun(lambda mem: self._add(mem, rows))
         return chosen
 
     async def _add(self, mem: AgentMemory, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
@@ -361,7 +353,7 @@ class ChrysalisVectorStore(HandleLifecycle, VectorStore):
         candidates = await self._handle.arun(
             lambda mem: self._candidates(mem, embedding, fetch_k, filter)
         )
-        missing = [memory.content for (memory, _), vector in candidates if vector is None]
+        missing = _missing(candidates)
         made = await self._embedding.aembed_documents(missing) if missing else []
         vectors = _fill(candidates, made)
         return _pick(embedding, candidates, vectors, k, lambda_mult)
@@ -384,7 +376,7 @@ class ChrysalisVectorStore(HandleLifecycle, VectorStore):
     ) -> builtins.list[builtins.list[float]]:
         """The candidates' vectors: as stored, or embedded again if this replica
         holds none under this model (a memory shared with another embedder)."""
-        missing = [memory.content for (memory, _), vector in candidates if vector is None]
+        missing = _missing(candidates)
         return _fill(candidates, embed(missing) if missing else [])
 
     # --- scores and construction ------------------------------------------------------
@@ -445,6 +437,13 @@ def _rows(
         for i, text in enumerate(items)
     ]
     return rows, chosen
+
+
+def _missing(
+    candidates: builtins.list[tuple[_Hit, builtins.list[float] | None]],
+) -> builtins.list[str]:
+    """The texts of the candidates this replica holds no vector of."""
+    return [memory.content for (memory, _), vector in candidates if vector is None]
 
 
 def _fill(
