@@ -98,6 +98,7 @@ def test_three_agents_share_memory_through_a_hub(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("clean_environment")
 def test_two_langchain_agents(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph", reason="the langchain extra")
     _, out = run_notebook("02_langchain_agents.ipynb", tmp_path)
     assert "hub running on ws://127.0.0.1:" in out
     assert "chat model: a fake one (" in out  # Ollama absent: the fake model, said so
@@ -114,6 +115,7 @@ def test_two_langchain_agents(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("clean_environment")
 def test_llamaindex_query_engine_over_collective_memory(tmp_path: Path) -> None:
+    pytest.importorskip("llama_index.core", reason="the llamaindex extra")
     _, out = run_notebook("03_llamaindex_query_engine.ipynb", tmp_path)
     assert "field-agent-1 learned 2 facts and synced them" in out
     assert "field-agent-2 learned 2 facts and synced them" in out
@@ -130,6 +132,7 @@ def test_llamaindex_query_engine_over_collective_memory(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("clean_environment")
 def test_partition_and_convergence_with_a_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra")
     notebook, out = run_notebook("04_partition_convergence.ipynb", tmp_path)
     assert "before the partition, distinct state roots: 1" in out
     during = re.search(r"during the partition, distinct state roots: \[(.*)\]", out)
