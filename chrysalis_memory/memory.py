@@ -742,16 +742,18 @@ class AgentMemory:
         store, author = self.store, self._require_author()
         async with self._write_lock:
             writes = []
-            for new in embeddings:
-                doc_id = embedding_id(model, new.hashed_text)
+            ids = [embedding_id(model, new.hashed_text) for new in embeddings]
+            existing = await store.checkout_many(ids)
+            for doc_id, new in zip(ids, embeddings, strict=True):
                 patch = EmbeddingPatch(
                     text_hash=new.hashed_text,
                     model=model,
                     dimensions=len(new.vector),
                     vector=encode_vector(new.vector),
                 )
-                state = EmbeddingState(doc_id)
-                op = author.make(doc_id, patch)
+                entry = existing.get(doc_id)
+                state = entry[0] if entry is not None else EmbeddingState(doc_id)
+                op = author.make(doc_id, patch, state.heads)
                 state.apply(op)
                 writes.append((op, state, new.status, new.status))
             with self._minted(len(writes)):
@@ -830,7 +832,8 @@ class AgentMemory:
             indexes = [position[op.cid] for op in chunk] if position else None
             return self._verifier.check(chunk, indexes)
 
-        new = await store.ingest(ops, status, verify=verify)
+        async with self._write_lock:  # no local write between its checkout and its commit
+            new = await store.ingest(ops, status, verify=verify)
         author = self._require_author()
         for op in new:
             author.clock.observe(op.hlc)
