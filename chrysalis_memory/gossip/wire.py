@@ -50,6 +50,7 @@ from chrysalis_memory.sync.messages import (
     MAX_ID,
     RawOps,
     SyncProtocolError,
+    decode_frame,
     decode_ops,
     raw_ops,
 )
@@ -168,10 +169,6 @@ class Frame(Struct, frozen=True, forbid_unknown_fields=True):
     msg: Body
 
 
-class _Version(Struct):
-    v: int
-
-
 _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(Frame)
 _URL_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-._~:/[]@%!$&'()*+,;=?#")
@@ -276,48 +273,15 @@ def decode(
     Raises only :class:`SyncProtocolError` (``code`` ``too_large`` for a frame
     or a batch over the limits, ``unsupported_version``, else ``bad_message``).
     """
-    if isinstance(data, str):
-        try:
-            raw: bytes | bytearray | memoryview = data.encode()
-        except UnicodeEncodeError:
-            raise SyncProtocolError("frame is not valid Unicode") from None
-    elif isinstance(data, bytes | bytearray | memoryview):
-        raw = data
-    else:
-        raise SyncProtocolError(f"a frame is bytes or text, got {type(data).__name__}")
-    size = raw.nbytes if isinstance(raw, memoryview) else len(raw)
-    if size > max_bytes:
-        raise SyncProtocolError(
-            f"frame is {size} bytes, over the {max_bytes} byte limit", code="too_large"
-        )
-    try:
-        frame = _DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
-        version = _peek_version(raw)
-        if version is not None and version not in SUPPORTED_VERSIONS:
-            raise SyncProtocolError(
-                f"gossip protocol version {version} is not supported (this side speaks "
-                f"{list(SUPPORTED_VERSIONS)})",
-                code="unsupported_version",
-            ) from None
-        raise SyncProtocolError(f"invalid gossip message: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise SyncProtocolError(f"frame is not a JSON object: {exc}") from None
-    except RecursionError:
-        raise SyncProtocolError("frame is nested too deeply") from None
+    frame = decode_frame(
+        data, _DECODER, max_bytes=max_bytes, versions=SUPPORTED_VERSIONS, what="gossip message"
+    )
     if frame.v not in SUPPORTED_VERSIONS:
         raise SyncProtocolError(
             f"gossip protocol version {frame.v} is not supported", code="unsupported_version"
         )
     check_addr(frame.addr)
     return frame.sender, frame.addr, _message(frame.msg)
-
-
-def _peek_version(raw: bytes | bytearray | memoryview) -> int | None:
-    try:
-        return msgspec.json.decode(raw, type=_Version).v
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
 
 
 def _checked_members(members: Sequence[WireMember]) -> tuple[Member, ...]:

@@ -14,7 +14,7 @@ Pure: no I/O. The state machines that use these are in :mod:`.protocol`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Final, Literal, Union, get_args
+from typing import Annotated, Final, Literal, TypeVar, Union, get_args
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -218,6 +218,29 @@ def raw_ops(ops: Sequence[Op]) -> RawOps:
 
 def decode_message(data: bytes | bytearray | memoryview | str, *, max_bytes: int) -> Message:
     """Parse and schema-check one frame. Raises only :class:`SyncProtocolError`."""
+    message: Message = decode_frame(
+        data, _DECODER, max_bytes=max_bytes, versions=SUPPORTED_VERSIONS, what="message"
+    )
+    return message
+
+
+T = TypeVar("T")
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview | str,
+    decoder: msgspec.json.Decoder[T],
+    *,
+    max_bytes: int,
+    versions: Sequence[int],
+    what: str,
+) -> T:
+    """Parse one frame with ``decoder`` (the hub protocol's and gossip's alike).
+
+    Raises only :class:`SyncProtocolError`: ``too_large`` over ``max_bytes``,
+    ``unsupported_version`` when a frame that fails the schema carries a ``v``
+    outside ``versions``, else ``bad_message``.
+    """
     if isinstance(data, str):
         try:
             raw: bytes | bytearray | memoryview = data.encode()
@@ -233,21 +256,19 @@ def decode_message(data: bytes | bytearray | memoryview | str, *, max_bytes: int
             f"frame is {size} bytes, over the {max_bytes} byte limit", code="too_large"
         )
     try:
-        message: Message = _DECODER.decode(raw)
+        return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         version = _peek_version(raw)
-        if version is not None and version not in SUPPORTED_VERSIONS:
+        if version is not None and version not in versions:
             raise SyncProtocolError(
-                f"protocol version {version} is not supported (this side speaks "
-                f"{list(SUPPORTED_VERSIONS)})",
+                f"protocol version {version} is not supported (this side speaks {list(versions)})",
                 code="unsupported_version",
             ) from None
-        raise SyncProtocolError(f"invalid message: {exc}") from None
+        raise SyncProtocolError(f"invalid {what}: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise SyncProtocolError(f"frame is not a JSON object: {exc}") from None
     except RecursionError:
         raise SyncProtocolError("frame is nested too deeply") from None
-    return message
 
 
 def _peek_version(raw: bytes | bytearray | memoryview) -> int | None:
