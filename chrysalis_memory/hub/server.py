@@ -313,17 +313,23 @@ class Hub:
 
     # --- the handshake and HTTP ------------------------------------------------------
 
-    def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Runs before the websocket exists: no message is read from a stranger."""
-        if _is_peers(request.path):
-            return self._peers(connection, request)
+    def _agent_of(self, connection: ServerConnection, request: Request) -> str | Response:
+        """The agent the request's token names, or the 401 answer saying what is wrong."""
         try:
-            agent = self.tokens.authenticate(request.headers.get("Authorization"))
+            return self.tokens.authenticate(request.headers.get("Authorization"))
         except AuthenticationError as error:
             self.metrics.refused.labels("unauthorized").inc()
             response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{error}\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="chrysalis-hub"'
             return response
+
+    def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Runs before the websocket exists: no message is read from a stranger."""
+        if _is_peers(request.path):
+            return self._peers(connection, request)
+        agent = self._agent_of(connection, request)
+        if isinstance(agent, Response):
+            return agent
         if self._connections >= self.config.max_connections:
             self.metrics.refused.labels("hub_full").inc()
             return connection.respond(
@@ -366,13 +372,9 @@ class Hub:
         The announcement travels in the query string because websockets' HTTP
         parser takes no request body (a PUT with one is refused before it gets here).
         """
-        try:
-            agent = self.tokens.authenticate(request.headers.get("Authorization"))
-        except AuthenticationError as error:
-            self.metrics.refused.labels("unauthorized").inc()
-            response = connection.respond(HTTPStatus.UNAUTHORIZED, f"{error}\n")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="chrysalis-hub"'
-            return response
+        agent = self._agent_of(connection, request)
+        if isinstance(agent, Response):
+            return agent
         try:
             query = parse_qs(urlsplit(request.path).query, strict_parsing=False, max_num_fields=4)
             announced = query.get("announce", [])
