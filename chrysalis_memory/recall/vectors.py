@@ -168,6 +168,29 @@ def collection_name(model: str, dimensions: int) -> str:
     return "-".join(part for part in ("emb", slug, str(dimensions), digest) if part)
 
 
+EXACT_FROM: Final = 100
+"""Asked for at least this many neighbours, and as many as the collection holds,
+the query compares against every vector instead of walking the HNSW graph: HNSW
+is approximate and can miss outliers (a vector far from many near-duplicates may
+have no incoming link), while a caller that asks for everything must get it."""
+
+
+def _exact(
+    collection: Collection, query: npt.NDArray[np.float32], where: Where | None
+) -> list[VectorHit]:
+    found = collection.get(where=where, include=["embeddings"])
+    embeddings = found["embeddings"]
+    if embeddings is None or len(found["ids"]) == 0:
+        return []
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    similarity = (matrix @ query) / np.maximum(norms, 1e-12)
+    order = np.argsort(-similarity, kind="stable")
+    return [
+        VectorHit(found["ids"][i], min(1.0, max(-1.0, float(similarity[i])))) for i in order
+    ]
+
+
 class ChromaVectorCache:
     """The vectors of one embedding model, in a Chroma collection under ``path``.
 
@@ -347,6 +370,8 @@ class ChromaVectorCache:
             where_filter = None  # Chroma rejects an empty filter; empty means "all"
 
         def work(collection: Collection) -> list[VectorHit]:
+            if k >= EXACT_FROM and k >= collection.count():
+                return _exact(collection, query_matrix[0], where_filter)
             result = collection.query(
                 query_embeddings=query_matrix,
                 n_results=k,

@@ -622,3 +622,26 @@ async def test_no_network_and_no_embedding_model(
 async def test_chroma_telemetry_is_off(cache: ChromaVectorCache) -> None:
     assert cache._client is not None
     assert cache._client.get_settings().anonymized_telemetry is False
+
+
+async def test_asking_for_everything_finds_an_outlier_among_near_duplicates(
+    cache: ChromaVectorCache,
+) -> None:
+    """HNSW can leave a vector far from many near-duplicates with no incoming link;
+    a query for at least as many neighbours as stored compares with every vector."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(DIM)
+    crowd = base + 1e-4 * rng.standard_normal((150, DIM))
+    outlier = -base + rng.standard_normal(DIM)
+    ids = [*_ids(150, "crowd"), "outlier"]
+    await cache.upsert(
+        ids,
+        [*crowd.tolist(), outlier.tolist()],
+        [{"kind": "crowd"}] * 150 + [{"kind": "odd"}],
+    )
+    hits = await cache.query(base.tolist(), 200)
+    assert len(hits) == 151 and hits[-1].id == "outlier"
+    expected = _cosine_top(np.vstack([crowd, outlier]), base, 151)
+    assert [h.similarity for h in hits] == pytest.approx([s for _, s in expected], abs=1e-5)
+    filtered = await cache.query(base.tolist(), 200, {"kind": "odd"})
+    assert [h.id for h in filtered] == ["outlier"]
