@@ -42,8 +42,6 @@ from llama_index.vector_stores.chrysalis.replica import Replica, ReplicaUser, re
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, BlockingAgentMemory
 from chrysalis_memory.errors import UnknownMemoryError, UsageError
 from chrysalis_memory.model.document import MemoryDocument, MemoryType, RecallHit
-from chrysalis_memory.model.ops import decode_vector, embedding_id, text_hash
-from chrysalis_memory.model.state import EmbeddingState
 from chrysalis_memory.validation import MAX_ID_CHARS, MAX_QUERY_CHARS, MAX_TAG_CHARS
 
 if TYPE_CHECKING:
@@ -63,7 +61,6 @@ PAGE: Final = 500
 """Memories read per page when listing."""
 MAX_FETCH: Final = 1000
 """The most hits one recall returns."""
-_FLUSH_QUERY: Final = "index"
 _SEARCH_MODES: Final[dict[VectorStoreQueryMode, Literal["vector", "hybrid", "keyword"]]] = {
     VectorStoreQueryMode.HYBRID: "hybrid",
     VectorStoreQueryMode.SEMANTIC_HYBRID: "hybrid",
@@ -321,7 +318,7 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
                 f" ({error})"
             ) from error
         if self._replica.embedder is None:  # a memory the caller made: which embedder?
-            used = await _recall_model(memory)
+            used = await memory.embedding_model()
             if used != embedder.model:
                 raise UsageError(
                     f"this AgentMemory recalls with {used}, not with {embedder.model}: make "
@@ -329,12 +326,6 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
                     "embeddings, or use ChrysalisVectorStore(memory=..., embeddings='memory')"
                 )
         self._checked = True
-
-    @staticmethod
-    async def _flush(memory: AgentMemory) -> None:
-        """Bring the recall index up to date (recall does so before it searches), so that
-        pinned node vectors are indexed and recorded now, and replicate with their nodes."""
-        await memory.recall(_FLUSH_QUERY, k=1, mode="keyword", record_access=False)
 
     async def _add(self, nodes: list[BaseNode], memory: AgentMemory) -> list[str]:
         if not nodes:
@@ -372,7 +363,9 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
                         memory_id=item.node_id,
                     )
                 if pinned:
-                    await self._flush(memory)
+                    # Index now, so that the pinned node vectors are the ones recorded
+                    # (and replicated with their nodes).
+                    await memory.flush_index()
             finally:
                 if pinned and self._embedder is not None:
                     self._embedder.unpin(pinned)
@@ -534,7 +527,7 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
         nodes = []
         for doc in docs:
             node = self._node_of(doc)
-            node.embedding = vectors.get(doc.content)
+            node.embedding = vectors.get(doc.id)
             nodes.append(node)
         return nodes
 
@@ -553,18 +546,17 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
     async def _vectors(
         self, memory: AgentMemory, docs: Iterable[MemoryDocument]
     ) -> dict[str, list[float]]:
-        """The indexed vectors of memories' texts (only with embeddings="node")."""
+        """The indexed vectors of memories, by id (only with embeddings="node")."""
         docs = list(docs)
         if self._embedder is None or not docs:
             return {}
-        await self._flush(memory)  # memories received since are indexed (and embedded) now
-        model = self._embedder.model
-        ids = {embedding_id(model, text_hash(doc.content)): doc.content for doc in docs}
+        await memory.flush_index()  # memories received since are indexed (and embedded) now
         vectors: dict[str, list[float]] = {}
-        for doc_id, (state, _) in (await memory.store.get_states(ids)).items():
-            payload = state.payload.value if isinstance(state, EmbeddingState) else None
-            if payload is not None:
-                vectors[ids[doc_id]] = decode_vector(payload.vector)
+        for doc in docs:
+            with contextlib.suppress(UnknownMemoryError):  # forgotten meanwhile
+                vector = await memory.embedding(doc.id)
+                if vector is not None:
+                    vectors[doc.id] = vector
         return vectors
 
     # --- memories as nodes ----------------------------------------------------------
@@ -593,17 +585,6 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
             text=doc.content,
             metadata={k: v for k, v in doc.metadata.items() if not k.startswith("_node_")},
         )
-
-
-async def _recall_model(memory: AgentMemory) -> str:
-    """The model of the embedder a memory recalls with (starting its recall)."""
-    # AgentMemory has no public accessor for it yet: its recall service has one.
-    service = getattr(memory, "_recall_service", None)
-    model = getattr(service(), "embedding_model", None) if callable(service) else None
-    if callable(model):
-        return str(await model())
-    await memory.recall(_FLUSH_QUERY, k=1, mode="keyword", record_access=False)
-    return memory.embedder_choice.partition(",")[0]  # "<model>, passed to AgentMemory"
 
 
 async def _sync_now(timeout: float, memory: AgentMemory) -> SyncReport:

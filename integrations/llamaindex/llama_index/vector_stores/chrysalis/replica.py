@@ -109,7 +109,7 @@ class Replica:
                 replica = cls._by_memory.get(inner)
                 if replica is None:
                     # Its background loop (a thread of its own, started on demand).
-                    loop = memory._runner().loop
+                    loop = memory.loop
                     replica = cls(memory=inner, loop=loop, loop_is_a_thread=True)
                     cls._by_memory[inner] = replica
                 return replica
