@@ -248,8 +248,15 @@ async def test_delete_by_ref_doc_id_nodes_and_clear(
     await store.aclear()
     assert await store.aget_nodes() == []
 
-    with pytest.raises(ValueError, match="new id"):  # a forgotten memory stays forgotten
-        await store.async_add([make_node("db", FACTS["db"], embed_model)])
+    # Adding a deleted node again brings its memory back, with the new node's text.
+    await store.async_add([make_node("db", "The staging DB moved to Tuesdays.", embed_model)])
+    assert [n.node_id for n in await store.aget_nodes()] == ["db"]
+    (back,) = await store.aget_nodes(node_ids=["db"])
+    assert back.get_content() == "The staging DB moved to Tuesdays."
+    moved = embed_model.vector("The staging DB moved to Tuesdays.")
+    assert back.embedding == pytest.approx(moved, abs=1e-6)
+    result = await store.aquery(query_for("staging DB Tuesdays", embed_model, k=1))
+    assert result.ids == ["db"]
 
 
 async def test_nodes_without_text_are_refused(

@@ -332,14 +332,6 @@ class ChrysalisVectorStore(ReplicaUser, BasePydanticVectorStore):
             return []
         await self._ready(memory)
         learnables = [self._learnable(node) for node in nodes]
-        for item in learnables:
-            existing = await memory.get(item.node_id, include_forgotten=True)
-            if existing is not None and existing.forgotten:
-                raise ValueError(
-                    f"node {item.node_id!r} was deleted from the collective memory, and a "
-                    "forgotten memory cannot be learned again under the same id: give the "
-                    "node a new id"
-                )
         tags = [NODE_TAG, *self.tags, *self.scope_tags]
         for start in range(0, len(learnables), WRITE_CHUNK):
             chunk = learnables[start : start + WRITE_CHUNK]
