@@ -7,11 +7,11 @@ that re-adding a document replaces its metadata instead of merging it). Any
 other memory reads as a document whose id is the memory's id and whose
 metadata is the memory's metadata.
 
-Forgetting is final in Chrysalis (a tombstone that replicates), so a document
-added again after it was deleted becomes a new memory: its *incarnations* are
-``<id>``, ``<id>~1``, ``<id>~2``... and the live one is the first that is not
-forgotten. Replicas derive the same names, so two agents re-adding the same
-document concurrently still converge on one memory.
+A document added again after it was deleted brings its memory back (learning a
+forgotten id revives it; the later write wins, on every replica). Earlier
+versions made a new memory instead, ``<id>~1``, ``<id>~2``...: a document is
+still found in those, its live memory being the first of ``<id>``, ``<id>~1``...
+that is not forgotten.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from langchain_core.documents import Document
 
 from chrysalis_memory import AgentMemory, MemoryDocument, RecallHit
 from chrysalis_memory import validation as check
-from chrysalis_memory.errors import InvalidArgumentError
-from chrysalis_memory.model.ops import embedding_id, text_hash
-from chrysalis_memory.model.state import EmbeddingState
+from chrysalis_memory.errors import InvalidArgumentError, UnknownMemoryError
 
 LC_ID: Final = "lc_id"
 LC_METADATA: Final = "lc_metadata"
@@ -63,17 +61,22 @@ async def find_live(
     mem: AgentMemory, doc_id: str, base: str | None = None
 ) -> tuple[MemoryDocument | None, str]:
     """The live memory holding document ``doc_id`` and its memory id, or None and
-    the memory id a new incarnation takes (``base``: the first incarnation's id,
-    when the caller derives it)."""
+    the memory id to learn the document under (its forgotten memory, brought back,
+    or a new one). ``base``: the memory id of the document, when the caller derives
+    it. The ``<base>~<n>`` memories of earlier versions are looked at too."""
     base = base_memory_id(doc_id) if base is None else base
+    revive: str | None = None
     n = 0
     while True:
         memory_id = base if n == 0 else f"{base}{_SEPARATOR}{n}"
         memory = await mem.get(memory_id, include_forgotten=True)
         if memory is None:
-            return None, memory_id
-        if not memory.forgotten and logical_id(memory) == doc_id:
-            return memory, memory_id
+            return None, memory_id if revive is None else revive
+        if logical_id(memory) == doc_id:
+            if not memory.forgotten:
+                return memory, memory_id
+            if revive is None:
+                revive = memory_id
         n += 1
 
 
@@ -149,9 +152,12 @@ class Writer:
         tags = sorted({*self.tags, *extra_tags})
         memory, memory_id = await find_live(mem, doc_id, base)
         if memory is None:
-            return await self.learn(
-                mem, content, wanted, extra_tags=extra_tags, memory_id=memory_id
-            )
+            forgotten = await mem.get(memory_id, include_forgotten=True)
+            await self.learn(mem, content, wanted, extra_tags=extra_tags, memory_id=memory_id)
+            stale = [] if forgotten is None else [t for t in forgotten.tags if t not in tags]
+            if stale:  # brought back: it keeps no tag of its earlier life
+                await mem.untag(memory_id, *stale)
+            return memory_id
         changes: dict[str, Any] = {}
         if memory.content != content:
             changes["content"] = content
@@ -274,19 +280,17 @@ def _operator(value: Any, op: str, operand: Any) -> bool:
 
 
 async def stored_vectors(
-    mem: AgentMemory, model: str, texts: Sequence[str]
+    mem: AgentMemory, model: str, memory_ids: Sequence[str]
 ) -> list[list[float] | None]:
-    """The embeddings of ``texts`` under ``model`` that this replica holds (recall
-    stores every embedding it makes as a document of the op log)."""
-    ids = [embedding_id(model, text_hash(text)) for text in texts]
-    states = await mem.store.get_states(ids)
+    """The vectors recall holds of these memories if it embeds with ``model``
+    (None for each it holds none of, or has forgotten since)."""
+    if not memory_ids or await mem.embedding_model() != model:
+        return [None] * len(memory_ids)
     vectors: list[list[float] | None] = []
-    for doc_id in ids:
-        entry = states.get(doc_id)
-        state = entry[0] if entry else None
-        if isinstance(state, EmbeddingState) and state.exists:
-            vectors.append(state.to_document().vector)
-        else:
+    for memory_id in memory_ids:
+        try:
+            vectors.append(await mem.embedding(memory_id))
+        except UnknownMemoryError:
             vectors.append(None)
     return vectors
 

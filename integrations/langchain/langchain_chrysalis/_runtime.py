@@ -112,7 +112,7 @@ class _Home:
             return self._thread.loop
         if self._blocking is not None:
             # BlockingAgentMemory's background loop (started on demand).
-            return self._blocking._runner().loop
+            return self._blocking.loop
         assert self._external_loop is not None
         return self._external_loop
 

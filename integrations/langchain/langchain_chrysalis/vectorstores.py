@@ -366,7 +366,7 @@ class ChrysalisVectorStore(HandleLifecycle, VectorStore):
         filter: dict[str, Any] | None,
     ) -> builtins.list[tuple[_Hit, builtins.list[float] | None]]:
         hits = await self._search(mem, vector, max(fetch_k, 1), filter)
-        stored = await stored_vectors(mem, self._embedder.model, [m.content for m, _ in hits])
+        stored = await stored_vectors(mem, self._embedder.model, [m.id for m, _ in hits])
         return list(zip(hits, stored, strict=True))
 
     @staticmethod

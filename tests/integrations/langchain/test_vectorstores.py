@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from langchain_chrysalis import ChrysalisEmbeddings, ChrysalisRetriever, ChrysalisVectorStore
+from langchain_chrysalis._documents import LC_ID, LC_METADATA, stored_vectors
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
+from chrysalis_memory import AgentMemory
 from chrysalis_memory.errors import InvalidArgumentError
 
 FRUIT = [
@@ -58,13 +60,52 @@ def test_a_deleted_document_can_be_added_again(store: ChrysalisVectorStore) -> N
         Document(id="doc", page_content="new text", metadata={"v": 2})
     ]
     assert store.similarity_search("new text", k=1)[0].id == "doc"
-    # The forgotten memory stays forgotten: the document lives on in a new memory.
-    old = store._handle.run(lambda mem: mem.get("doc", include_forgotten=True))
-    assert old is not None and old.forgotten and old.content == "old text"
+    # The forgotten memory is brought back, with the new text: no second memory.
+    back = store._handle.run(lambda mem: mem.get("doc"))
+    assert back is not None and back.content == "new text"
+    assert [m.id for m in store._handle.run(lambda mem: mem.list())] == ["doc"]
 
     store.delete(["doc"])
     store.add_texts(["third"], ids=["doc"])
     assert [d.page_content for d in store.get_by_ids(["doc"])] == ["third"]
+
+
+def test_a_re_added_document_keeps_no_tag_of_its_deleted_memory(
+    data_dir: Path, embedding: ChrysalisEmbeddings
+) -> None:
+    with ChrysalisVectorStore(embedding, agent_id="vs", data_dir=data_dir, tags=["a"]) as a:
+        a.add_texts(["in collection a"], ids=["doc"])
+        a.delete(["doc"])
+        with ChrysalisVectorStore(embedding, memory=a.memory, tags=["b"]) as b:
+            b.add_texts(["in collection b"], ids=["doc"])
+            assert [d.page_content for d in b.similarity_search("collection", k=5)] == [
+                "in collection b"
+            ]
+            assert a.similarity_search("collection", k=5) == []
+
+
+def test_documents_re_added_as_tilde_memories_by_earlier_versions_are_found(
+    store: ChrysalisVectorStore,
+) -> None:
+    # Earlier versions re-added a deleted document as a new memory, <id>~1.
+    async def old_layout(mem: AgentMemory) -> None:
+        await mem.learn("first", memory_id="doc", metadata={LC_ID: "doc", LC_METADATA: {}})
+        await mem.forget("doc")
+        meta = {LC_ID: "doc", LC_METADATA: {"v": 1}}
+        await mem.learn("second", memory_id="doc~1", metadata=meta)
+
+    store._handle.run(old_layout)
+    assert store.get_by_ids(["doc"]) == [
+        Document(id="doc", page_content="second", metadata={"v": 1})
+    ]
+    store.add_texts(["third"], ids=["doc"])  # updates the live one
+    assert store._handle.run(lambda mem: mem.get("doc~1")).content == "third"  # type: ignore[union-attr]
+    store.delete(["doc"])
+    assert store.get_by_ids(["doc"]) == []
+    store.add_texts(["fourth"], ids=["doc"])  # brings the first memory back
+    assert store._handle.run(lambda mem: mem.get("doc")).content == "fourth"  # type: ignore[union-attr]
+    assert store._handle.run(lambda mem: mem.get("doc~1")) is None
+    assert [d.page_content for d in store.get_by_ids(["doc"])] == ["fourth"]
 
 
 def test_ids_that_are_not_memory_ids_work(store: ChrysalisVectorStore) -> None:
@@ -144,6 +185,16 @@ def test_max_marginal_relevance_prefers_diverse_documents(store: ChrysalisVector
         "apple pie with apples", k=2, fetch_k=4, lambda_mult=0.1
     )
     assert len(diverse) == 2 and {d.id for d in diverse} != {"pie", "pie-butter"}
+    # MMR reads the vectors recall stored (nothing is embedded again).
+    [pie, car, unknown] = store._handle.run(
+        lambda mem: stored_vectors(mem, store._embedder.model, ["pie", "car", "no-such-doc"])
+    )
+    assert unknown is None
+    assert pie == pytest.approx(
+        store.embeddings.embed_documents(["Apple pie with apples and cinnamon."])[0], abs=1e-5
+    )
+    assert car is not None
+    assert store._handle.run(lambda mem: stored_vectors(mem, "another-model", ["pie"])) == [None]
 
 
 async def test_async_methods_match_the_sync_ones(store: ChrysalisVectorStore) -> None:
