@@ -186,9 +186,7 @@ def _exact(
     norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
     similarity = (matrix @ query) / np.maximum(norms, 1e-12)
     order = np.argsort(-similarity, kind="stable")
-    return [
-        VectorHit(found["ids"][i], min(1.0, max(-1.0, float(similarity[i])))) for i in order
-    ]
+    return [VectorHit(found["ids"][i], min(1.0, max(-1.0, float(similarity[i])))) for i in order]
 
 
 class ChromaVectorCache:
