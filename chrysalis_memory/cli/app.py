@@ -131,8 +131,10 @@ def status(
     agent_id: AgentOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show each agent's store: memories, ops by sync status, the hub it last
-    synced with and how far into its log, state root.
+    """Show each agent's store: memories, ops by status, hub cursor, state root.
+
+    The hub column is the hub the agent last synced with and how far into its
+    log the agent holds every op.
 
     Reads the stores without locking them, so it works while agents run.
     """

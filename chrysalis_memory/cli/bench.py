@@ -275,7 +275,7 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Measure learn and get latency, fold and ingest throughput on this machine.
+    """Measure the core, recall and the hub on this machine, against baselines.
 
     Every figure is reported next to a baseline measured in the same run
     (raw aiosqlite inserts and selects, a plain dict-update loop) and as a

@@ -511,8 +511,10 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Run a hub and three agents that learn, recall one another's memories, go
-    offline and catch up, and merge concurrent edits to identical state.
+    """A hub and three agents sharing memories, offline and back, converging.
+
+    They learn and recall one another's memories, one goes offline and catches
+    up, and concurrent edits to one memory merge to identical state.
 
     Needs no service and no network: everything runs in this process, on
     loopback. Exits 0 when everything worked, 1 otherwise.

@@ -43,8 +43,10 @@ def hub(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every connection.")] = False,
 ) -> None:
-    """Run the sync hub: agents push and pull ops over websockets, search the
-    collective index, and receive each other's writes live.
+    """Run the sync hub that agents push to, pull from and search.
+
+    Agents push and pull ops over websockets, search the collective index, and
+    receive each other's writes live.
 
     Settings not given as options come from CHRYSALIS_HUB_* environment
     variables (see docs/configuration.md), then the defaults.
