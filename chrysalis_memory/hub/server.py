@@ -68,6 +68,7 @@ from chrysalis_memory.sync import (
     ServerProtocol,
     SyncProtocolError,
 )
+from chrysalis_memory.sync.messages import ErrorCode
 from chrysalis_memory.verifier import SignatureVerifier
 
 if TYPE_CHECKING:
@@ -133,7 +134,8 @@ class Hub:
         self._lock_file: FileLock | None = None
         self._servers: list[Server] = []
         self._sessions: set[_Session] = set()
-        self._authenticated: dict[uuid.UUID, str] = {}  # handshakes accepted, by connection
+        # Handshakes accepted, by connection: the agent, and when its token was made.
+        self._authenticated: dict[uuid.UUID, tuple[str, int]] = {}
         self._connections = 0
         self._per_agent: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
@@ -295,6 +297,18 @@ class Hub:
             return None
         return stored
 
+    def _end_revoked_sessions(self) -> None:
+        """Tokens are checked in the handshake; a token revoked or replaced since
+        also ends the sessions it opened (within a second)."""
+        for session in list(self._sessions):
+            record = self.tokens.record(session.agent)
+            if record is None or record.revoked or record.created_ms != session.token_created_ms:
+                self.metrics.refused.labels("revoked").inc()
+                session.end(
+                    "unauthorized",
+                    f"the token of agent {session.agent!r} was revoked or replaced",
+                )
+
     def _save_watermark(self) -> None:
         path = self.config.data_dir / WATERMARK_FILE
         temporary = path.with_suffix(".tmp")
@@ -305,6 +319,7 @@ class Hub:
         while True:
             await asyncio.sleep(_SAVE_EVERY_S)
             self._save_watermark()
+            self._end_revoked_sessions()
             if self.registry.dirty:
                 try:
                     await self.store.set_meta({REGISTRY_KEY: self.registry.dump()})
@@ -343,7 +358,8 @@ class Hub:
                 f"agent {agent!r} already holds {self.config.max_connections_per_agent} "
                 "connections: close one first\n",
             )
-        self._authenticated[connection.id] = agent
+        record = self.tokens.record(agent)
+        self._authenticated[connection.id] = (agent, record.created_ms if record else 0)
         return None
 
     def _http(self, connection: ServerConnection, request: Request) -> Response:
@@ -409,8 +425,8 @@ class Hub:
     # --- sessions ----------------------------------------------------------------------
 
     async def _serve_agent(self, connection: ServerConnection) -> None:
-        agent = self._authenticated.pop(connection.id)
-        session = _Session(self, connection, agent)
+        agent, token_created_ms = self._authenticated.pop(connection.id)
+        session = _Session(self, connection, agent, token_created_ms)
         self._connections += 1
         self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
         self.metrics.connections.inc()
@@ -562,11 +578,15 @@ def _reason(error: InvalidOpError) -> str:
 class _Session:
     """One agent's connection: reads frames in order, writes from its own queue."""
 
-    def __init__(self, hub: Hub, connection: ServerConnection, agent: str) -> None:
+    def __init__(
+        self, hub: Hub, connection: ServerConnection, agent: str, token_created_ms: int = 0
+    ) -> None:
         cfg = hub.config
         self.hub = hub
         self.connection = connection
         self.agent = agent
+        self.token_created_ms = token_created_ms
+        """Which of the agent's tokens opened this session (a newer one replaces it)."""
         self.protocol = ServerProtocol(
             hub.hub_id,
             max_message_bytes=cfg.max_message_bytes,
@@ -579,6 +599,7 @@ class _Session:
         """The agent holds every op of the log up to here (as far as the hub knows)."""
         self.greeted = False
         self._last: bytes | None = None  # a fatal error to send before closing
+        self._ending: asyncio.Task[None] | None = None
         self._searches: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -621,9 +642,12 @@ class _Session:
     async def _write(self) -> None:
         while True:
             frame = await self.outbox.get()
-            if frame is None:
-                return
-            await self.connection.send(frame, text=True)
+            try:
+                if frame is None:
+                    return
+                await self.connection.send(frame, text=True)
+            finally:
+                self.outbox.task_done()
             self.hub.metrics.bytes_out.inc(len(frame))
 
     async def _send(self, frame: bytes) -> None:
@@ -717,6 +741,21 @@ class _Session:
         self.hub.metrics.ops_out.labels("update").inc(len(ops))
         if after <= self.covered:
             self._saw(cursor)
+
+    def end(self, code: ErrorCode, message: str) -> None:
+        """End the session from the hub's side: a fatal error, then the close."""
+        if self.protocol.closed:
+            return
+        self.hub._sessions.discard(self)
+        frame = self.protocol.error(code, message, fatal=True)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait(frame)
+        self._ending = asyncio.create_task(self._close_when_sent())
+
+    async def _close_when_sent(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.outbox.join(), 5.0)
+        await self.connection.close(1008, "unauthorized")
 
     def _saw(self, cursor: int) -> None:
         self.covered = max(self.covered, cursor)

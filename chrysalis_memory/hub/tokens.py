@@ -236,6 +236,15 @@ class TokenStore:
                 if entry.public_key is not None
             }
 
+    def record(self, agent_id: str) -> AgentRecord | None:
+        """The agent's entry as the file says now (None if it never had a token)."""
+        with self._lock:
+            self._refresh()
+            entry = self._entries.get(agent_id)
+        if entry is None:
+            return None
+        return AgentRecord(agent_id, entry.created_ms, entry.revoked, entry.public_key)
+
     def agents(self) -> list[AgentRecord]:
         """Every agent with a token (current or revoked), sorted by id; no hashes."""
         with self._lock:

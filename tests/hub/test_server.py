@@ -592,3 +592,29 @@ async def test_status_shows_the_hub_and_cursor_of_each_agent(
     assert process.returncode == 0
     (agent,) = json.loads(out)["agents"]
     assert (agent["hub_id"], agent["hub_cursor"]) == (hub.hub_id, 3)
+
+
+async def test_revoking_or_replacing_a_token_ends_the_sessions_it_opened(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    hub = await start_hub()
+    a = await open_agent("agent-a", hub)
+    b = await open_agent("agent-b", hub)
+    await a.sync_now()
+    await b.sync_now()
+    hub.tokens.revoke("agent-a")
+    hub.tokens.create("agent-b")  # a new token: the one agent-b holds stops working
+
+    async def both_refused() -> bool:
+        states = [m.sync_state() for m in (a, b)]
+        return all(
+            s is not None and s.connection != "connected" and "token" in (s.last_error or "")
+            for s in states
+        )
+
+    await wait_until(both_refused, timeout=10, what="both agents cut off and refused")
+    assert len(hub._sessions) == 0
+    mid = await a.learn("written after the revocation", importance=0.9)
+    assert (await a.get(mid)).sync_status == SyncStatus.PENDING  # type: ignore[union-attr]
+    _, body = await http_get(hub, "/metrics")
+    assert metric(body.decode(), 'chrysalis_hub_connections_refused_total{reason="revoked"}') == 2
