@@ -17,8 +17,9 @@ from llama_index.vector_stores.chrysalis import ChrysalisVectorStore, LlamaIndex
 
 from chrysalis_memory import AgentMemory
 from chrysalis_memory.hub.server import Hub
+from tests.waiting import wait_until
 
-from .support import WordEmbedding, eventually
+from .support import WordEmbedding
 
 DOCS = {
     "staging": "The staging database is restored from backup every Sunday at two.",
@@ -79,7 +80,7 @@ async def test_one_agent_indexes_the_others_query_engine_finds_it(
         await memory_b.sync_now()
         return all([await memory_b.get(node_id) for node_id in written])
 
-    await eventually(arrived, what="agent b to receive agent a's nodes")
+    await wait_until(arrived, what="agent b to receive agent a's nodes")
 
     engine = VectorStoreIndex.from_vector_store(store_b, embed_model=embed_b).as_query_engine(
         llm=MockLLM(), similarity_top_k=1
@@ -112,7 +113,7 @@ async def test_one_agent_indexes_the_others_query_engine_finds_it(
         await store_a.async_now()
         return not any(n.ref_doc_id == "coffee" for n in await store_a.aget_nodes())
 
-    await eventually(forgotten, what="agent a to forget the coffee document")
+    await wait_until(forgotten, what="agent a to forget the coffee document")
 
 
 async def test_chat_turns_of_one_agent_reach_the_others_memory_block(
@@ -136,4 +137,4 @@ async def test_chat_turns_of_one_agent_reach_the_others_memory_block(
         await block_b.async_now()
         return "The Falcon launch moved to March 14." in await block_b.aget(question)
 
-    await eventually(recalled, what="agent b's block to recall agent a's chat turn")
+    await wait_until(recalled, what="agent b's block to recall agent a's chat turn")
