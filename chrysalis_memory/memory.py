@@ -58,7 +58,7 @@ from chrysalis_memory.model.ops import (
 )
 from chrysalis_memory.model.state import DocState, EmbeddingState, MemoryState
 from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
-from chrysalis_memory.recall.search import Candidate, SearchMode
+from chrysalis_memory.recall.search import Candidate, SearchMode, passes_filters
 from chrysalis_memory.recall.service import RecallService
 from chrysalis_memory.store import ListQuery, OpStore
 from chrysalis_memory.store.sqlite import combine_status
@@ -665,9 +665,7 @@ class AgentMemory:
             row = fields.get(doc_id)
             if not isinstance(state, MemoryState) or row is None:
                 continue  # forgotten since, or not a memory
-            if filters.since_ms is not None and row.updated_ms < filters.since_ms:
-                continue
-            if filters.until_ms is not None and row.updated_ms > filters.until_ms:
+            if not passes_filters(row, filters):  # as this replica sees it now
                 continue
             best[doc_id] = Candidate(state, status, scores[doc_id], 0.0, 0.0)
         return sorted(best.values(), key=lambda c: (-c.score, c.state.id))[:k]

@@ -136,7 +136,7 @@ async def search(
         (
             (collective_score(scaled[doc_id], f.confidence, f.access_count), doc_id)
             for doc_id, (f, _, _) in rows.items()
-            if _passes(f, filters)
+            if passes_filters(f, filters)
         ),
         key=lambda pair: (-pair[0], pair[1]),
     )[:k]
@@ -166,7 +166,7 @@ def _vector_where(filters: ListQuery) -> dict[str, Any] | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _passes(fields: RankFields, filters: ListQuery) -> bool:
+def passes_filters(fields: RankFields, filters: ListQuery) -> bool:
     """Check a live candidate against the filters (the indexes may lag the store)."""
     if filters.memory_type is not None and fields.memory_type != filters.memory_type:
         return False
