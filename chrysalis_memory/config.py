@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -74,6 +74,10 @@ class _EnvConfig(BaseModel):
                 for e in exc.errors()
             )
             raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
+
+
+MAX_CLOCK_SKEW_S: Final = 600.0
+"""How far ahead of the receiver's clock an op may be stamped (hub and gossip)."""
 
 
 class GossipConfig(_EnvConfig):
@@ -178,7 +182,7 @@ class HubConfig(_EnvConfig):
         default=40_000, ge=1, description="Ops one agent may push at once above its rate."
     )
     max_clock_skew_s: float = Field(
-        default=600.0,
+        default=MAX_CLOCK_SKEW_S,
         gt=0,
         description="Ops stamped further than this ahead of the hub's clock are refused "
         "(clock_skew): one agent with a clock in the future would win every "

@@ -45,7 +45,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from chrysalis_memory.config import GossipConfig
+from chrysalis_memory.config import MAX_CLOCK_SKEW_S, GossipConfig
 from chrysalis_memory.errors import ChrysalisError, ConfigError, InvalidOpError
 from chrysalis_memory.gossip import wire
 from chrysalis_memory.gossip.messages import MemberState, Message, Ops, Push
@@ -69,7 +69,7 @@ Merge = Callable[[Sequence[Op], SyncStatus], Awaitable[int]]
 were new. Raises :class:`~chrysalis_memory.errors.InvalidOpError` (and stores
 nothing) if any op is bad."""
 
-MAX_CLOCK_SKEW_MS: Final = 600_000
+MAX_CLOCK_SKEW_MS: Final = int(1000 * MAX_CLOCK_SKEW_S)
 """Ops stamped further ahead of this agent's clock are refused (the hub's default
 ``max_clock_skew_s``): one op from the future would win every last-writer-wins
 field for as long as its lead lasts. A refused op is offered again by
