@@ -196,6 +196,14 @@ def b64decode(text: str) -> bytes:
 # --- decoding and validation ------------------------------------------------------
 
 
+def _undecodable_reason(raw: bytes, exc: Exception) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"op is not valid UTF-8 (byte {bad.start})"
+    return f"op is not valid JSON: {exc}"
+
+
 def decode_op(data: bytes | str | Mapping[str, Any] | Op, *, index: int | None = None) -> Op:
     """Parse and structurally validate one op (no signature check yet).
 
@@ -233,10 +241,10 @@ def decode_op(data: bytes | str | Mapping[str, Any] | Op, *, index: int | None =
         op = _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         raise MalformedOpError(f"invalid op: {exc}", index=index) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedOpError(f"op is not valid JSON: {exc}", index=index) from None
-    except UnicodeDecodeError as exc:  # msgspec raises it for bad UTF-8 in object keys
-        raise MalformedOpError(f"op is not valid UTF-8: {exc}", index=index) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports bad UTF-8 as a DecodeError or a UnicodeDecodeError depending
+        # on its version and where the byte is: name the cause ourselves.
+        raise MalformedOpError(_undecodable_reason(raw, exc), index=index) from None
     if canonical_only and op.encoded != raw:
         raise MalformedOpError(
             "op is not canonically encoded (sorted keys, no whitespace, shortest "

@@ -276,35 +276,40 @@ def _delete(path: str) -> Any:
     return mutate
 
 
+def _at(field: str) -> str:
+    """Our prefix, and the field named: not the JSON decoder's own wording."""
+    return rf"invalid op: .*\b{field}\b"
+
+
 MALFORMED = {
-    "seq is a string": (_set("seq", "one"), r"Expected `int`, got `str` - at `\$.seq`"),
-    "seq is zero": (_set("seq", 0), r"Expected `int` >= 1 - at `\$.seq`"),
-    "hlc is a number": (_set("hlc", 5), r"Expected `array`, got `int` - at `\$.hlc`"),
+    "seq is a string": (_set("seq", "one"), _at("seq")),
+    "seq is zero": (_set("seq", 0), _at("seq")),
+    "hlc is a number": (_set("hlc", 5), _at("hlc")),
     "negative hlc": (_set("hlc", [-1, 0]), "hlc components must be non-negative"),
-    "content is a number": (_set("patch.content", 3), r"at `\$.patch.content`"),
-    "content is empty": (_set("patch.content", ""), r"at `\$.patch.content`"),
-    "tags are a string": (_set("patch.tags_add", "abc"), r"at `\$.patch.tags_add`"),
-    "missing writer": (_delete("writer"), "missing required field `writer`"),
-    "missing patch": (_delete("patch"), "missing required field `patch`"),
-    "missing patch type": (_delete("patch.type"), "missing required field `type`"),
-    "unknown field": (_set("colour", "red"), "unknown field `colour`"),
-    "unknown patch field": (_set("patch.colour", "red"), "unknown field `colour`"),
-    "unknown patch type": (_set("patch.type", "poem"), "Invalid value 'poem'"),
-    "importance 1.5": (_set("patch.importance", 1.5), r"<= 1.0 - at `\$.patch.importance`"),
-    "negative confidence": (_set("patch.confidence", -0.1), r"`\$.patch.confidence`"),
-    "importance NaN": (_set("patch.importance", math.nan), r"`\$.patch.importance`"),
-    "importance infinite": (_set("patch.importance", math.inf), r"`\$.patch.importance`"),
-    "unknown memory type": (_set("patch.memory_type", "dreamy"), r"`\$.patch.memory_type`"),
-    "access zero": (_set("patch.access", 0), r">= 1 - at `\$.patch.access`"),
+    "content is a number": (_set("patch.content", 3), _at("content")),
+    "content is empty": (_set("patch.content", ""), _at("content")),
+    "tags are a string": (_set("patch.tags_add", "abc"), _at("tags_add")),
+    "missing writer": (_delete("writer"), _at("writer")),
+    "missing patch": (_delete("patch"), _at("patch")),
+    "missing patch type": (_delete("patch.type"), _at("type")),
+    "unknown field": (_set("colour", "red"), _at("colour")),
+    "unknown patch field": (_set("patch.colour", "red"), _at("colour")),
+    "unknown patch type": (_set("patch.type", "poem"), _at("type")),
+    "importance 1.5": (_set("patch.importance", 1.5), _at("importance")),
+    "negative confidence": (_set("patch.confidence", -0.1), _at("confidence")),
+    "importance NaN": (_set("patch.importance", math.nan), _at("importance")),
+    "importance infinite": (_set("patch.importance", math.inf), _at("importance")),
+    "unknown memory type": (_set("patch.memory_type", "dreamy"), _at("memory_type")),
+    "access zero": (_set("patch.access", 0), _at("access")),
     "empty patch": (_set("patch", {"type": "memory"}), "patch changes nothing"),
     "unsigned": (_set("sig", ""), "op is not signed"),
-    "signature too short": (_set("sig", "abc"), r"at `\$.sig`"),
-    "bad key": (_set("key", "not a key"), r"at `\$.key`"),
-    "bad writer id": (_set("writer", "no spaces please"), r"at `\$.writer`"),
-    "empty doc id": (_set("doc", ""), r"at `\$.doc`"),
-    "bad parent cid": (_set("parents", ["abc"]), r"at `\$.parents\[0\]`"),
+    "signature too short": (_set("sig", "abc"), _at("sig")),
+    "bad key": (_set("key", "not a key"), _at("key")),
+    "bad writer id": (_set("writer", "no spaces please"), _at("writer")),
+    "empty doc id": (_set("doc", ""), _at("doc")),
+    "bad parent cid": (_set("parents", ["abc"]), _at("parents")),
     "repeated parent": (_set("parents", ["a" * 64, "a" * 64]), "parents must not repeat"),
-    "future format version": (_set("v", 2), r"at `\$.v`"),
+    "future format version": (_set("v", 2), _at("v")),
     "memory op on an embedding id": (
         _set("doc", "emb:abc"),
         "embedding ops must target ids starting with 'emb:' and memory ops must not",
@@ -330,14 +335,26 @@ def test_malformed_ops_are_rejected_with_a_helpful_message(case: str) -> None:
 
 
 def test_invalid_json_is_rejected() -> None:
-    for raw in (b"", b"{", b"[1,2]", b"null", b'{"importance": NaN}', b"\xff\xfe"):
-        with pytest.raises(MalformedOpError, match=r"not valid JSON|invalid op"):
+    # The messages asserted here are ours, whatever the JSON decoder says.
+    for raw in (b"", b"{", b"[1,2]", b"null", b'{"importance": NaN}'):
+        with pytest.raises(MalformedOpError, match=r"^op is not valid JSON|^invalid op"):
             decode_op(raw)
     with pytest.raises(MalformedOpError, match="not valid Unicode"):
         decode_op("\ud800")
-    key_with_bad_utf8 = make_op().encoded.replace(b'"doc"', b'"\xe4oc"')
-    with pytest.raises(MalformedOpError, match="not valid UTF-8"):
-        decode_op(key_with_bad_utf8)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe",
+        make_op().encoded.replace(b'"doc"', b'"\xe4oc"'),  # in an object key
+        make_op().encoded.replace(b'"hello"', b'"hell\xe4"'),  # in a string value
+    ],
+    ids=["alone", "in-a-key", "in-a-value"],
+)
+def test_bad_utf8_is_rejected_in_our_words(raw: bytes) -> None:
+    with pytest.raises(MalformedOpError, match=r"^op is not valid UTF-8 \(byte \d+\)$"):
+        decode_op(raw)
 
 
 def test_wrong_input_type_is_rejected() -> None:
@@ -352,10 +369,10 @@ def test_in_memory_ops_are_validated_like_bytes() -> None:
     too_important = msgspec.structs.replace(
         op, patch=MemoryPatch(content="x", importance=1.5), sig=op.sig
     )
-    with pytest.raises(MalformedOpError, match=r"<= 1.0 - at `\$.patch.importance`"):
+    with pytest.raises(MalformedOpError, match=_at("importance")):
         decode_op(too_important)
     nan = msgspec.structs.replace(op, patch=MemoryPatch(content="x", importance=math.nan))
-    with pytest.raises(MalformedOpError, match=r"\$.patch.importance"):
+    with pytest.raises(MalformedOpError, match=_at("importance")):
         decode_op(nan)
     # Values a peer cannot see are normalised to what it will decode.
     tupled = make_op(MemoryPatch(create=Creation(), content="x", metadata={"pair": (1, 2)}))
