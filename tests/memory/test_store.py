@@ -180,5 +180,5 @@ async def test_a_directory_in_place_of_the_database_is_refused(tmp_path: Path) -
 async def test_sqlite_failures_become_store_errors(tmp_path: Path) -> None:
     garbage = tmp_path / "memory.db"
     garbage.write_bytes(b"this is not an SQLite database" * 100)
-    with pytest.raises(StoreError, match=r"opening .*not a database"):
+    with pytest.raises(StoreError, match=r"while opening .*memory\.db"):
         await OpStore(garbage).open()
