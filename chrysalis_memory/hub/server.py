@@ -31,7 +31,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -91,10 +91,13 @@ its gossip address (agents re-announce every minute)."""
 class TokenBucket:
     """``rate`` units per second on average, at most ``burst`` at once."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(
+        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate, self.burst = rate, burst
+        self._clock = clock
         self._tokens = float(burst)
-        self._at = time.monotonic()
+        self._at = clock()
 
     def take(self, units: int) -> float:
         """Take ``units`` and return 0, or take nothing and return the seconds to wait.
@@ -103,7 +106,7 @@ class TokenBucket:
         it), so that no request is refused forever.
         """
         units = min(units, self.burst)
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         if units <= self._tokens:
@@ -116,11 +119,19 @@ class Hub:
     """The hub. ``async with Hub(HubConfig(...)) as hub:`` serves until closed.
 
     Ports 0 pick free ports (see :attr:`port` and :attr:`http_port`).
-    ``embedder`` replaces the configured one for the collective index.
+    ``embedder`` replaces the configured one for the collective index;
+    ``rate_clock`` (monotonic seconds) drives the per-agent rate limits.
     """
 
-    def __init__(self, config: HubConfig | None = None, *, embedder: Embedder | None = None):
+    def __init__(
+        self,
+        config: HubConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        rate_clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config or HubConfig.from_env()
+        self._rate_clock = rate_clock
         self.tokens = TokenStore(self.config.tokens_path)
         self.registry = Registry()
         self.metrics = HubMetrics(self.registry, lambda: self.head)
@@ -448,7 +459,7 @@ class Hub:
         if bucket is None:
             cfg = self.config
             bucket = self._buckets[agent] = TokenBucket(
-                cfg.rate_limit_ops_per_s, cfg.rate_limit_burst_ops
+                cfg.rate_limit_ops_per_s, cfg.rate_limit_burst_ops, clock=self._rate_clock
             )
         return bucket
 

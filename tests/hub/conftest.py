@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -31,14 +32,16 @@ def free_port() -> int:
 
 @pytest.fixture
 async def start_hub(tmp_path: Path) -> AsyncIterator[StartHub]:
-    """Start hubs (closed at the end); each keyword overrides a HubConfig field."""
+    """Start hubs (closed at the end); each keyword overrides a HubConfig field
+    (``rate_clock`` is passed to the hub itself)."""
     async with AsyncExitStack() as stack:
 
         async def factory(**fields: Any) -> Hub:
             fields.setdefault("data_dir", tmp_path / "hub")
             fields.setdefault("websocket_port", 0)
             fields.setdefault("http_port", 0)
-            hub = Hub(HubConfig(**fields), embedder=HashingEmbedder())
+            rate_clock = fields.pop("rate_clock", time.monotonic)
+            hub = Hub(HubConfig(**fields), embedder=HashingEmbedder(), rate_clock=rate_clock)
             return await stack.enter_async_context(hub)
 
         yield factory

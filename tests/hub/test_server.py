@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from chrysalis_memory import BlockingAgentMemory
 from chrysalis_memory.crdt import HybridClock
 from chrysalis_memory.errors import ConfigError, HubRejectedError, HubUnreachableError
+from chrysalis_memory.hub.server import TokenBucket
 from chrysalis_memory.model import MemoryPatch, OpAuthor
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import Creation, Signer, decode_op
@@ -357,17 +358,57 @@ async def test_a_bad_frame_gets_an_error_and_a_close_and_the_hub_serves_on(
     assert metric(body.decode(), f'chrysalis_hub_messages_rejected_total{{code="{code}"}}') == 1
 
 
+class ManualClock:
+    """Monotonic seconds that move only when a test says so, until it lets them run."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._running_since: float | None = None
+
+    def __call__(self) -> float:
+        if self._running_since is None:
+            return self.now
+        return self.now + time.monotonic() - self._running_since
+
+    def run(self) -> None:
+        self._running_since = time.monotonic()
+
+
+def test_the_token_bucket_refills_at_its_rate_and_allows_one_big_request() -> None:
+    clock = ManualClock()
+    bucket = TokenBucket(rate=10, burst=5, clock=clock)
+    assert bucket.take(5) == 0.0  # full at start
+    assert bucket.take(1) == pytest.approx(0.1)  # empty: one unit is 0.1 s away
+    clock.now += 0.25
+    assert bucket.take(2) == 0.0  # 2.5 units came back
+    assert bucket.take(1) == pytest.approx(0.05)
+    clock.now += 100
+    assert bucket.take(50) == 0.0  # capped at burst: a request over it is never refused forever
+    assert bucket.take(1) == pytest.approx(0.1)
+
+
 async def test_an_agent_over_its_rate_is_slowed_not_cut_off(
     start_hub: StartHub, open_agent: OpenAgent
 ) -> None:
-    hub = await start_hub(rate_limit_ops_per_s=200, rate_limit_burst_ops=20)
+    # The hub's rate clock stands still until the agent has been refused, so the
+    # burst must run out whatever the speed of this machine; then time moves on
+    # and every op gets through.
+    clock = ManualClock()
+    hub = await start_hub(rate_limit_ops_per_s=200, rate_limit_burst_ops=20, rate_clock=clock)
     a = await open_agent("agent-a", hub, sync_batch_size=10)
     for i in range(60):
         await a.learn(f"fast fact {i}", importance=0.9)
+
+    async def rate_limited() -> bool:
+        _, body = await http_get(hub, "/metrics")
+        rejected = 'chrysalis_hub_messages_rejected_total{code="rate_limited"}'
+        return metric(body.decode(), rejected) > 0
+
+    await wait_until(rate_limited, timeout=30, what="a rate_limited answer")
+    assert hub.head == 20  # the burst, and no refill while the clock stood still
+    clock.run()
     await a.sync_now(timeout=30)
     assert hub.head == 60
-    _, body = await http_get(hub, "/metrics")
-    assert metric(body.decode(), 'chrysalis_hub_messages_rejected_total{code="rate_limited"}') > 0
 
 
 async def test_connection_limits_answer_503(start_hub: StartHub) -> None:
