@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -108,6 +108,7 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
         importance, confidence, memory_type, tags: what items are learned
             with (importance 0.8 by default: at or above the agent's promotion
             threshold, 0.7, so that items are shared).
+        clock: seconds since the epoch, for TTL (default ``time.time``).
 
     Differences from ``InMemoryStore``: an item is one memory, so its indexed
     fields are embedded as one text (joined by new lines) rather than one
@@ -133,7 +134,9 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
         confidence: float = 0.8,
         memory_type: str = "semantic",
         tags: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self.index_config: IndexConfig | None = None
         self.embeddings: Embeddings | None = None
         self._fields: list[tuple[str, str | list[str]]] = []
@@ -230,7 +233,7 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
         """The item's live, unexpired memory (None if there is none)."""
         name = item_id(namespace, key)
         memory, memory_id = await find_live(mem, name, _base_id(name))
-        if memory is not None and _expired(memory):
+        if memory is not None and self._expired(memory):
             return None, memory_id
         return memory, memory_id
 
@@ -247,7 +250,7 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
         fields = {
             ITEM_KEY: {"namespace": list(op.namespace), "key": op.key, "value": op.value},
             TTL_KEY: ttl,
-            EXPIRES_KEY: None if ttl is None else time.time() + ttl * 60,
+            EXPIRES_KEY: None if ttl is None else self._clock() + ttl * 60,
         }
         await self._writer.upsert(
             mem,
@@ -276,7 +279,7 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
         ttl = memory.metadata.get(TTL_KEY)
         if not isinstance(ttl, int | float) or isinstance(ttl, bool):
             return memory
-        return await mem.update(memory.id, metadata={EXPIRES_KEY: time.time() + ttl * 60})
+        return await mem.update(memory.id, metadata={EXPIRES_KEY: self._clock() + ttl * 60})
 
     # --- search -------------------------------------------------------------------------
 
@@ -312,7 +315,7 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
 
     def _keep(self, memory: MemoryDocument, op: SearchOp) -> bool:
         item = memory.metadata.get(ITEM_KEY)
-        if not isinstance(item, dict) or _expired(memory):
+        if not isinstance(item, dict) or self._expired(memory):
             return False
         namespace = tuple(item.get("namespace") or ())
         prefix = tuple(op.namespace_prefix)
@@ -368,13 +371,21 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
     async def _list_namespaces(self, mem: AgentMemory, op: ListNamespacesOp) -> list[Namespace]:
         namespaces: set[Namespace] = set()
         for memory in await _all_items(mem):
-            if _expired(memory):
+            if self._expired(memory):
                 continue
             item = memory.metadata[ITEM_KEY]
             namespace = tuple(item.get("namespace") or ())
             if all(_matches(condition, namespace) for condition in op.match_conditions or ()):
                 namespaces.add(namespace if op.max_depth is None else namespace[: op.max_depth])
         return sorted(namespaces)[op.offset : op.offset + op.limit]
+
+    def _expired(self, memory: MemoryDocument) -> bool:
+        expires = memory.metadata.get(EXPIRES_KEY)
+        return (
+            isinstance(expires, int | float)
+            and not isinstance(expires, bool)
+            and expires < self._clock()
+        )
 
     def sweep_ttl(self) -> int:
         """Forget every expired item (for every agent: forgetting replicates);
@@ -385,7 +396,7 @@ class ChrysalisStore(HandleLifecycle, BaseStore):
         return await self._handle.arun(self._sweep)
 
     async def _sweep(self, mem: AgentMemory) -> int:
-        expired = [memory for memory in await _all_items(mem) if _expired(memory)]
+        expired = [memory for memory in await _all_items(mem) if self._expired(memory)]
         for memory in expired:
             await mem.forget(memory.id)
         return len(expired)
@@ -401,15 +412,6 @@ def _checked(ops: Iterable[Op]) -> list[Op]:
 
 def _tokenized(paths: Sequence[str]) -> list[tuple[str, str | list[str]]]:
     return [(path, "$" if path == "$" else tokenize_path(path)) for path in paths]
-
-
-def _expired(memory: MemoryDocument) -> bool:
-    expires = memory.metadata.get(EXPIRES_KEY)
-    return (
-        isinstance(expires, int | float)
-        and not isinstance(expires, bool)
-        and (expires < time.time())
-    )
 
 
 def _item(memory: MemoryDocument) -> Item:

@@ -162,28 +162,30 @@ def test_bad_namespaces_and_values_are_refused(store: ChrysalisStore) -> None:
 
 
 def test_ttl_expires_items_and_reads_refresh_it(data_dir: Path) -> None:
+    now = [1_800_000_000.0]  # the store's clock: it moves only when the test moves it
     with ChrysalisStore(
         agent_id="ttl",
         data_dir=data_dir,
-        ttl={"default_ttl": 0.02},  # 1.2 s
+        ttl={"default_ttl": 2.0},  # minutes
+        clock=lambda: now[0],
     ) as store:
-        store.put(("s",), "short", {"v": 1}, ttl=0.005)  # 0.3 s
+        store.put(("s",), "short", {"v": 1}, ttl=0.5)
         store.put(("s",), "default", {"v": 2})
         store.put(("s",), "forever", {"v": 3}, ttl=None)
+        now[0] += 29
         assert store.get(("s",), "short", refresh_ttl=False) is not None
-        deadline = time.monotonic() + 10
-        while store.get(("s",), "short", refresh_ttl=False) is not None:
-            assert time.monotonic() < deadline, "the item did not expire"
-            time.sleep(0.05)
+        now[0] += 2  # 31 s: past the half minute
+        assert store.get(("s",), "short", refresh_ttl=False) is None
         # Expired items are never returned, and sweeping forgets them.
-        assert [i.key for i in store.search(("s",))] != [] and "short" not in {
-            i.key for i in store.search(("s",))
-        }
-        # Reading refreshes: "default" stays alive while it is read. The pauses let
-        # time pass on purpose (time is what TTL is about); nothing is awaited here.
+        assert {i.key for i in store.search(("s",))} == {"default", "forever"}
+        # Reading refreshes: "default" stays alive while it is read every 90 s,
+        # long past its first two minutes.
         for _ in range(3):
+            now[0] += 90
             assert store.get(("s",), "default") is not None
-            time.sleep(0.3)
+        assert store.sweep_ttl() == 1  # "short"; "default" was refreshed
+        now[0] += 121  # no read for over two minutes
+        assert store.get(("s",), "default", refresh_ttl=False) is None
         assert store.sweep_ttl() == 1
         assert store.get(("s",), "forever") is not None
 
