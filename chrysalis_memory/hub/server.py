@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -47,8 +51,10 @@ from chrysalis_memory.config import HubConfig
 from chrysalis_memory.errors import (
     AuthenticationError,
     ChrysalisError,
+    ConfigError,
     DataDirLockedError,
     InvalidOpError,
+    StoreError,
 )
 from chrysalis_memory.gossip.wire import check_addr
 from chrysalis_memory.hub.metrics import HubMetrics
@@ -178,14 +184,16 @@ class Hub:
 
     async def start(self) -> Hub:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(cfg.data_dir / "hub.lock", timeout=0)
         try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except Timeout:
             raise DataDirLockedError(
                 f"{cfg.data_dir} is in use by another hub: one hub owns a data directory"
             ) from None
+        except OSError as error:
+            raise _data_dir_error(cfg.data_dir, error) from error
         self._lock_file = lock
         try:
             await self._open(cfg)
@@ -220,28 +228,34 @@ class Hub:
             "ping_interval": cfg.ping_interval_s,
             "ping_timeout": cfg.ping_timeout_s,
         }
-        self._servers.append(
-            await serve(
-                self._serve_agent,
-                cfg.host,
-                cfg.websocket_port,
-                process_request=self._authenticate,
-                max_size=2 * cfg.max_message_bytes,
-                max_queue=64,
-                server_header="chrysalis-hub",
-                **common,
+        try:
+            self._servers.append(
+                await serve(
+                    self._serve_agent,
+                    cfg.host,
+                    cfg.websocket_port,
+                    process_request=self._authenticate,
+                    max_size=2 * cfg.max_message_bytes,
+                    max_queue=64,
+                    server_header="chrysalis-hub",
+                    **common,
+                )
             )
-        )
-        self._servers.append(
-            await serve(
-                self._never_upgrade,
-                cfg.host,
-                cfg.http_port,
-                process_request=self._http,
-                server_header="chrysalis-hub",
-                **common,
+        except OSError as error:
+            raise _listen_error(error, cfg.host, cfg.websocket_port, "agents") from error
+        try:
+            self._servers.append(
+                await serve(
+                    self._never_upgrade,
+                    cfg.host,
+                    cfg.http_port,
+                    process_request=self._http,
+                    server_header="chrysalis-hub",
+                    **common,
+                )
             )
-        )
+        except OSError as error:
+            raise _listen_error(error, cfg.host, cfg.http_port, "/health and /metrics") from error
         self._saver = asyncio.create_task(self._save_registry_often())
 
     async def close(self) -> None:
@@ -780,3 +794,39 @@ class _Session:
         self.protocol.close()
         # Abort, not close: a close handshake would wait on a peer that is not reading.
         self.connection.transport.abort()
+
+
+# --- what stops a hub from starting, said so that a user can act on it -------------
+
+
+def _listen_error(error: OSError, host: str, port: int, purpose: str) -> ConfigError:
+    """A port the hub cannot bind (in use, privileged, a host that is not this machine)."""
+    if isinstance(error, socket.gaierror) or not error.errno:
+        reason = error.strerror or str(error)
+    else:
+        reason = os.strerror(error.errno)
+    if error.errno == errno.EADDRINUSE:
+        advice = "Is another hub running? Stop it, or choose other ports"
+    else:
+        advice = "Check the host (an address of this machine) and choose other ports"
+    return ConfigError(
+        f"the hub cannot listen on {host}:{port} (for {purpose}): {reason}. {advice} with "
+        "--port / --http-port, or websocket_port / http_port "
+        "(CHRYSALIS_HUB_WEBSOCKET_PORT / CHRYSALIS_HUB_HTTP_PORT); port 0 picks a free one."
+    )
+
+
+def _data_dir_error(data_dir: Path, error: OSError) -> StoreError:
+    """A data directory the hub cannot create or open (a file in the way, no permission)."""
+    in_the_way = next(
+        (p for p in (data_dir, *data_dir.parents) if p.exists() and not p.is_dir()), None
+    )
+    if in_the_way is not None:
+        reason = f"{in_the_way} is a file, not a directory"
+    else:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+    return StoreError(
+        f"the hub cannot use {data_dir} as its data directory: {reason}. Give it a directory "
+        "this user can write, or a path where one can be created, with --data-dir "
+        "(data_dir, CHRYSALIS_HUB_DATA_DIR)."
+    )
