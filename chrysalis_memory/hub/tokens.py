@@ -56,6 +56,7 @@ _TOKEN = re.compile(r"^chry_[A-Za-z0-9_-]{43}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{43}$")  # an ed25519 public key, base64url
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HINT = "send `Authorization: Bearer <token>` with a token from `chrysalis token create AGENT_ID`"
+_WHERE = "--tokens-file or CHRYSALIS_HUB_TOKENS_FILE (the hub's tokens_file)"
 
 
 def hash_token(token: str) -> str:
@@ -110,8 +111,9 @@ class TokenStore:
     """The token file at ``path`` (which need not exist yet).
 
     Methods are synchronous and quick (one small file); they may be called from
-    several threads. A file that cannot be parsed raises :class:`StoreError`
-    rather than being ignored: the hub then refuses everyone (fails closed).
+    several threads. A file that cannot be read, written or parsed raises
+    :class:`StoreError` saying why and what to do, rather than being ignored:
+    the hub then refuses everyone (fails closed).
     """
 
     def __init__(self, path: Path) -> None:
@@ -270,7 +272,7 @@ class TokenStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"cannot read the token file {self.path}: {exc}") from None
+            raise _file_error(self.path, "read", exc) from None
         return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _read(self) -> dict[str, _Entry]:
@@ -279,10 +281,10 @@ class TokenStore:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise StoreError(f"cannot read the token file {self.path}: {exc}") from None
+            raise _file_error(self.path, "read", exc) from None
         try:
             return _parse(json.loads(raw))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise StoreError(
                 f"the token file {self.path} is damaged ({exc}); restore it from a backup "
                 "or delete it and create new tokens"
@@ -293,14 +295,20 @@ class TokenStore:
         """Read the file under the lock file, let the caller change the entries,
         and write them back atomically (unless the caller raised)."""
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _file_error(self.path, "create the directory of", exc) from None
             try:
                 self._file_lock.acquire(timeout=LOCK_TIMEOUT_S)
             except Timeout:
                 raise StoreError(
                     f"the token file {self.path} stayed locked for {LOCK_TIMEOUT_S:.0f} s "
-                    f"(by {self._file_lock.lock_file})"
+                    f"(by {self._file_lock.lock_file}); if no `chrysalis` command or hub is "
+                    "using it, delete that lock file"
                 ) from None
+            except OSError as exc:
+                raise _file_error(self.path, "lock", exc) from None
             try:
                 stamp = self._stat()
                 entries = self._read() if stamp is not None else {}
@@ -339,7 +347,36 @@ class TokenStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise StoreError(f"cannot write the token file {self.path}: {exc}") from None
+            raise _file_error(self.path, "write", exc) from None
+
+
+def _file_error(path: Path, action: str, exc: OSError) -> StoreError:
+    """Why ``action`` failed on the token file at ``path``, and what to do about it.
+
+    Decided by the kind of error and the file system, not by its message.
+    """
+    in_the_way = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        return StoreError(
+            f"cannot use the token file {path}: {in_the_way} is a file, not a directory; "
+            f"move that file away, or give {_WHERE} a path in a directory"
+        )
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return StoreError(
+            f"the token file {path} is a directory, not a file; give {_WHERE} the path of a "
+            f"file, such as {path / 'tokens.json'}"
+        )
+    if isinstance(exc, PermissionError):
+        return StoreError(
+            f"permission denied: this user cannot {action} the token file {path}; run as the "
+            f"user who owns it and its directory {path.parent} (the file is private to its "
+            f"owner, mode 0600), or give {_WHERE} another path"
+        )
+    reason = exc.strerror or type(exc).__name__
+    return StoreError(
+        f"cannot {action} the token file {path}: {reason}; check the disk and that {path} "
+        f"is the path you meant ({_WHERE})"
+    )
 
 
 def _parse(document: Any) -> dict[str, _Entry]:

@@ -251,6 +251,57 @@ def test_damaged_file_fails_closed(path: Path) -> None:
         TokenStore(path).agents()
 
 
+def test_damaged_beyond_what_the_parser_can_nest_fails_closed(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    for content in (b"[" * 100_000, b"\x80\x81 not utf-8", b'{"version": 1}'):
+        path.write_bytes(content)
+        with pytest.raises(StoreError, match="damaged") as caught:
+            TokenStore(path).agents()
+        assert str(path) in str(caught.value)
+
+
+def test_a_file_where_a_directory_should_be(tmp_path: Path) -> None:
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("not a directory")
+    path = in_the_way / "tokens.json"
+    for call in (lambda s: s.create("a1"), lambda s: s.agents(), lambda s: s.revoke("a1")):
+        with pytest.raises(StoreError, match="is a file, not a directory") as caught:
+            call(TokenStore(path))
+        message = str(caught.value)
+        assert str(path) in message and "--tokens-file" in message
+    assert in_the_way.read_text() == "not a directory"
+
+
+def test_a_directory_where_the_file_should_be(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.mkdir()
+    for call in (lambda s: s.create("a1"), lambda s: s.agents()):
+        with pytest.raises(StoreError, match="is a directory, not a file") as caught:
+            call(TokenStore(path))
+        assert str(path) in str(caught.value) and "--tokens-file" in str(caught.value)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may read anything")
+def test_a_file_this_user_may_not_read_or_write(tmp_path: Path) -> None:
+    path = tmp_path / "hub" / "tokens.json"
+    TokenStore(path).create("a1")
+    path.chmod(0o000)
+    try:
+        with pytest.raises(StoreError, match="permission denied") as caught:
+            TokenStore(path).agents()
+        assert str(path) in str(caught.value)
+    finally:
+        path.chmod(0o600)
+    path.parent.chmod(0o500)  # the lock file and the new file cannot be created
+    try:
+        with pytest.raises(StoreError, match="permission denied") as caught:
+            TokenStore(path).create("a2")
+        assert str(path) in str(caught.value)
+    finally:
+        path.parent.chmod(0o700)
+    assert [r.agent_id for r in TokenStore(path).agents()] == ["a1"]
+
+
 # --- the command line --------------------------------------------------------------
 
 CHRYSALIS = [sys.executable, "-m", "chrysalis_memory.cli"]
@@ -311,3 +362,28 @@ def test_cli_errors(path: Path) -> None:
     assert bad.stdout == ""
     help_ = run("token", "--help")
     assert help_.returncode == 0 and "create" in help_.stdout and "revoke" in help_.stdout
+
+
+def test_cli_reports_a_token_file_it_cannot_use_without_a_traceback(tmp_path: Path) -> None:
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("")
+    directory = tmp_path / "dir.json"
+    directory.mkdir()
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text("{not json")
+    cases = [
+        (("create", "a1"), in_the_way / "tokens.json", "is a file, not a directory"),
+        (("list",), in_the_way / "tokens.json", "is a file, not a directory"),
+        (("create", "a1"), directory, "is a directory, not a file"),
+        (("revoke", "a1"), directory, "is a directory, not a file"),
+        (("create", "a1"), damaged, "damaged"),
+        (("list",), damaged, "damaged"),
+    ]
+    for command, tokens_file, reason in cases:
+        result = run("token", *command, "--tokens-file", str(tokens_file))
+        assert result.returncode != 0, (command, tokens_file)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.stdout == ""  # no token was printed
+        one_line = " ".join(result.stderr.split())
+        assert one_line.startswith("error:") and reason in one_line, one_line
+        assert str(tokens_file) in one_line
