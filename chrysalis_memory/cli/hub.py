@@ -62,14 +62,10 @@ def hub(
     try:
         config = HubConfig.from_env(**{k: v for k, v in overrides.items() if v is not None})
         asyncio.run(_serve(config, verbose))
-    except ChrysalisError as error:
+    except (ChrysalisError, OSError) as error:
+        # The hub says what stopped it (a setting, a port in use, an unusable data
+        # directory): an OSError here is none of those, so it is shown as it is.
         console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
-    except OSError as error:
-        console.print(
-            f"[red]error:[/red] cannot listen: {error}. Is another hub running? "
-            "Choose other ports with --port / --http-port."
-        )
         raise typer.Exit(1) from None
 
 
