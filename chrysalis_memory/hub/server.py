@@ -401,6 +401,12 @@ class Hub:
             )
         if _is_peers(request.path):
             return self._peers(connection, request)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return connection.respond(
+                HTTPStatus.NOT_FOUND,
+                f"this is the hub's HTTP port (/health, /metrics, /peers); agents connect to "
+                f"its websocket port, {self.port}: hub_url ws://HOST:{self.port}\n",
+            )
         return connection.respond(HTTPStatus.NOT_FOUND, "try /health, /metrics or /peers\n")
 
     def _peers(self, connection: ServerConnection, request: Request) -> Response:

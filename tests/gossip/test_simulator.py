@@ -68,6 +68,7 @@ def test_everything_reaches_everyone_on_a_hostile_network() -> None:
     assert len(summaries) == 1  # every replica holds the same set
 
 
+@pytest.mark.slow
 def test_the_same_seed_replays_the_same_run() -> None:
     runs = []
     for _ in range(2):

@@ -435,6 +435,7 @@ async def test_connection_limits_answer_503(start_hub: StartHub) -> None:
         pass
 
 
+@pytest.mark.slow
 async def test_a_slow_consumer_is_dropped_and_the_others_are_served(
     start_hub: StartHub, open_agent: OpenAgent
 ) -> None:
