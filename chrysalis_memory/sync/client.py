@@ -33,6 +33,7 @@ from typing import Final, Literal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from chrysalis_memory.config import HubConfig
 from chrysalis_memory.errors import (
     ChrysalisError,
     HubRejectedError,
@@ -63,6 +64,7 @@ _WINDOW: Final = 4  # pushed batches awaiting their ack at once
 _FRAME_OVERHEAD: Final = 256
 _SAVE_CURSOR_EVERY_S: Final = 0.5
 _RETRY_LATER: Final = frozenset({"rate_limited", "internal"})
+DEFAULT_HUB_PORT: Final = HubConfig.model_fields["websocket_port"].default
 
 Merge = Callable[[Sequence[Op]], Awaitable[int]]
 """Stores ops received from the hub (verified, marked synced); returns how many were new."""
@@ -332,6 +334,14 @@ def _refusal(error: InvalidStatus, url: str) -> SyncError:
             f"the hub at {url} refused this agent's token ({detail}): create one with "
             "`chrysalis token create AGENT_ID` on the hub and set hub_token "
             "(CHRYSALIS_HUB_TOKEN)"
+        )
+    if status == 404:
+        # A web server, or the hub's HTTP port (/health, /metrics), not its websocket port.
+        return HubUnreachableError(
+            f"{url} is not the hub's websocket port: it answered the websocket handshake with "
+            f"HTTP 404 ({detail}). Agents connect to the hub's websocket port "
+            f"({DEFAULT_HUB_PORT} by default, `chrysalis hub --port`), not its HTTP port "
+            "(/health, /metrics): fix hub_url (CHRYSALIS_HUB_URL)"
         )
     return HubUnreachableError(f"the hub at {url} answered HTTP {status}: {detail}")
 
