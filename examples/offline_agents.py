@@ -4,6 +4,9 @@ Every field merges by its own CRDT rule; both replicas end with identical
 memories and identical state roots, whichever order they sync in.
 
     python examples/offline_agents.py [DATA_DIR]
+
+The memory has a chosen id, so a rerun on the same DATA_DIR edits it again
+rather than adding a copy (access counts add up across runs, as they should).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ async def main(data_dir: str) -> None:
         AgentMemory(agent_id="alice", data_dir=data_dir) as alice,
         AgentMemory(agent_id="bob", data_dir=data_dir) as bob,
     ):
-        mid = await alice.learn("Standup is at 9:30.", importance=0.8, tags=["team"])
+        mid = await alice.learn(
+            "Standup is at 9:30.", importance=0.8, tags=["team"], memory_id="standup-time"
+        )
         await bob.merge_ops(await alice.export_ops())
 
         # Both edit while offline.

@@ -1,6 +1,9 @@
 """Quick start: one agent learns, reinforces and lists memories, fully offline.
 
 python examples/quickstart.py [DATA_DIR]
+
+Each memory has an id of its own choosing (``memory_id=``), so running this
+again updates those memories instead of adding copies of them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ async def main(data_dir: str) -> None:
             importance=0.9,
             memory_type="semantic",
             tags=["user"],
+            memory_id="user-prefers-concise-answers",
         )
         await mem.reinforce(mid, confidence=0.95, evidence=["said so on 2026-11-20"])
         doc = await mem.get(mid)
@@ -25,7 +29,11 @@ async def main(data_dir: str) -> None:
         print(f"{doc.content!r}: importance {doc.importance}, confidence {doc.confidence}")
         print("memories tagged 'user':", [d.content for d in await mem.list(tags=["user"])])
         print("history:", [f"{op.writer}#{op.seq}" for op in await mem.history(mid)])
-        await mem.learn("Deploys happen on Tuesdays after the standup.", importance=0.8)
+        await mem.learn(
+            "Deploys happen on Tuesdays after the standup.",
+            importance=0.8,
+            memory_id="deploys-on-tuesdays",
+        )
         for hit in await mem.recall("how should I answer the user?", k=1):
             print(f"recalled: {hit.memory.content!r} (score {hit.score:.2f})")
 
