@@ -275,6 +275,13 @@ class AgentMemoryConfig(_EnvConfig):
         "cursor); writes are pushed and updates arrive as they happen anyway.",
     )
     sync_batch_size: int = Field(default=100, ge=1, le=10_000, description="Ops per push message.")
+    sync_connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds an explicit sync_now() goes on retrying a hub that refuses the "
+        "connection (nothing listens at hub_url, or it is not the hub's websocket port) before "
+        "raising HubUnreachableError. Background sync never gives up: it retries with backoff.",
+    )
     hub_url: str | None = Field(
         default=None,
         description="ws://host:port of the sync hub; with it set, a background worker pushes "

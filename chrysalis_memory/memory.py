@@ -184,6 +184,7 @@ class AgentMemory:
                 token=cfg.hub_token.get_secret_value() if cfg.hub_token else None,
                 batch_size=cfg.sync_batch_size,
                 interval_s=cfg.sync_interval_s,
+                connect_timeout_s=cfg.sync_connect_timeout_s,
             )
             self._sync.start()
         if cfg.gossip.enabled:
@@ -862,7 +863,8 @@ class AgentMemory:
         Sync runs in the background anyway (writes are pushed as they happen,
         others' writes arrive as they are made); this waits until both are done.
         Raises :class:`~chrysalis_memory.errors.HubUnreachableError` if the hub
-        cannot be reached within ``timeout`` (writes are kept and pushed later),
+        cannot be reached within ``timeout``, or within ``sync_connect_timeout_s``
+        when it refuses the connection (writes are kept and pushed later),
         :class:`~chrysalis_memory.errors.HubRejectedError` if it refuses the
         token, and :class:`~chrysalis_memory.errors.ConfigError` with no hub.
         """

@@ -123,6 +123,7 @@ class SyncClient:
         batch_size: int = 100,
         max_message_bytes: int = 4 << 20,
         interval_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
     ) -> None:
         self.store = store
@@ -134,6 +135,8 @@ class SyncClient:
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.interval_s = interval_s
+        self.connect_timeout_s = connect_timeout_s
+        """How long :meth:`sync_now` goes on retrying when connection attempts fail."""
         self.backoff = backoff or Backoff()
         self.pushed = 0
         self.pulled = 0
@@ -145,7 +148,8 @@ class SyncClient:
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()  # something new to push
         self._kick = asyncio.Event()  # stop waiting, connect now
-        self._attempted = asyncio.Event()  # a connection attempt just failed
+        self._attempted = asyncio.Event()  # a connection attempt just ended without a session
+        self._attempt_failed = False  # ... and it failed (rather than, say, met another hub)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -211,10 +215,7 @@ class SyncClient:
             except InvalidStatus as error:
                 self.last_error = _refusal(error, self.url)
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as error:
-                self.last_error = HubUnreachableError(
-                    f"cannot reach the hub at {self.url}: {error or type(error).__name__}; "
-                    "is `chrysalis hub` running there? Writes are kept and pushed later"
-                )
+                self.last_error = _unreachable(error, self.url)
             except HubRejectedError as error:
                 self.last_error = error
             except (SyncError, SyncProtocolError, InvalidOpError) as error:
@@ -234,6 +235,7 @@ class SyncClient:
                         failures,
                     )
             self._connection = "offline"
+            self._attempt_failed = not session_worked
             self._attempted.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.backoff.delay(failures))
@@ -253,26 +255,51 @@ class SyncClient:
 
     # --- on demand ---------------------------------------------------------------------
 
-    async def _connected_session(self, timeout: float) -> _Session:
+    async def _connected_session(
+        self, timeout: float, *, give_up_s: float | None = None
+    ) -> _Session:
+        """The current session, connecting now if there is none, within ``timeout``.
+
+        With ``give_up_s``, failed attempts (refused, wrong port, unknown host)
+        are retried for that long only; an attempt under way is let finish.
+        """
         if self._closing:
             raise SyncError("sync is closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        give_up = deadline if give_up_s is None else min(deadline, loop.time() + give_up_s)
+        failed = False  # the last attempt made during this call failed
         self._kick.set()  # connect now rather than at the end of a backoff
         while self._session is None:
-            left = deadline - loop.time()
-            if left <= 0:
+            now = loop.time()
+            if now >= deadline:
                 raise self.last_error or HubUnreachableError(
                     f"the hub at {self.url} did not answer within {timeout:g} s"
                 )
+            if failed and now >= give_up and self._connection != "connecting":
+                raise self._gave_up(give_up_s or timeout)
             self._attempted.clear()
             waits = [asyncio.ensure_future(e.wait()) for e in (self._ready, self._attempted)]
-            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            wake = give_up if failed and now < give_up else deadline
+            await asyncio.wait(waits, timeout=wake - now, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
-            if self._session is None and isinstance(self.last_error, HubRejectedError):
-                raise self.last_error  # retrying will not change the hub's mind
+            if self._session is None and self._attempted.is_set():
+                failed = self._attempt_failed
+                if isinstance(self.last_error, HubRejectedError):
+                    raise self.last_error  # retrying will not change the hub's mind
         return self._session
+
+    def _gave_up(self, waited_s: float) -> SyncError:
+        error = self.last_error
+        if error is None:
+            return HubUnreachableError(
+                f"the hub at {self.url} did not answer within {waited_s:g} s"
+            )
+        return type(error)(
+            f"{error} (sync_now gave up after retrying for {waited_s:g} s, "
+            "sync_connect_timeout_s; background sync goes on retrying)"
+        )
 
     async def sync_now(self, timeout: float = 30.0) -> SyncReport:
         """Push everything pending and pull everything new, now; waits for both.
@@ -280,13 +307,19 @@ class SyncClient:
         Raises :class:`~chrysalis_memory.errors.SyncError` (a subclass saying
         why) if the hub cannot be reached or refuses this agent within ``timeout``.
         A connection lost on the way is retried within the same ``timeout``.
+        Connection attempts that fail (nothing listens at the URL, or it is not
+        the hub's websocket port) are retried for ``connect_timeout_s`` only:
+        there is no point waiting the whole ``timeout`` for a hub that is not
+        there. The background worker goes on retrying in any case.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pushed, pulled = self.pushed, self.pulled
         while True:
             left = deadline - loop.time()
-            session = await self._connected_session(max(left, 0.0))
+            session = await self._connected_session(
+                max(left, 0.0), give_up_s=self.connect_timeout_s
+            )
             try:
                 await asyncio.wait_for(session.drain_and_catch_up(), deadline - loop.time())
             except asyncio.TimeoutError:
@@ -324,6 +357,20 @@ class SyncClient:
             raise HubUnreachableError(
                 f"the hub at {self.url} did not answer a search within {timeout:g} s"
             ) from None
+
+
+def _unreachable(error: BaseException, url: str) -> HubUnreachableError:
+    if isinstance(error, ConnectionRefusedError):
+        why = "the connection was refused: nothing listens at that address"
+    elif isinstance(error, asyncio.TimeoutError):
+        why = "the connection attempt timed out"
+    else:
+        why = str(error) or type(error).__name__
+    return HubUnreachableError(
+        f"cannot reach the hub at {url}: {why}; is `chrysalis hub` running there, and is "
+        f"hub_url its websocket port ({DEFAULT_HUB_PORT} by default)? Writes are kept and "
+        "pushed later"
+    )
 
 
 def _refusal(error: InvalidStatus, url: str) -> SyncError:

@@ -4,12 +4,59 @@ hubs and agents on loopback; the port is closed by binding and closing it."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chrysalis_memory.errors import HubUnreachableError
-from tests.hub.conftest import OpenAgent, StartHub
+from chrysalis_memory.hub.tokens import TokenStore
+from chrysalis_memory.model.document import SyncStatus
+from tests.hub.conftest import OpenAgent, StartHub, free_port
+from tests.waiting import wait_until
+
+
+async def test_sync_now_gives_up_soon_on_a_port_where_nothing_listens(
+    start_hub: StartHub, open_agent: OpenAgent, tmp_path: Path
+) -> None:
+    port = free_port()  # bound, then closed: nothing listens there
+    url = f"ws://127.0.0.1:{port}"
+    tokens = tmp_path / "tokens.json"
+    token = TokenStore(tokens).create("agent-a")
+    a = await open_agent("agent-a", hub_url=url, hub_token=token, sync_connect_timeout_s=0.3)
+    mid = await a.learn("written while the hub is down", importance=0.9)
+
+    started = time.monotonic()
+    with pytest.raises(HubUnreachableError) as caught:
+        await a.sync_now(timeout=60)
+    # Generous: the point is that it does not wait out the 60 s timeout.
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert url in message and "sync_connect_timeout_s" in message
+
+    # Only the explicit call gave up: the background worker goes on retrying and
+    # pushes the write once a hub listens there, with no call from the user.
+    hub = await start_hub(websocket_port=port, tokens_file=tokens)
+
+    async def pushed() -> bool:
+        return hub.head >= 1
+
+    await wait_until(pushed, timeout=60, what="the write pushed by background sync")
+    await a.sync_now(timeout=30)
+    assert (await a.get(mid)).sync_status == SyncStatus.SYNCED  # type: ignore[union-attr]
+
+
+async def test_a_connection_under_way_is_not_cut_short(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    hub = await start_hub()
+    # The setting bounds retries of failed attempts, not a handshake in progress.
+    a = await open_agent("agent-a", hub, sync_connect_timeout_s=0.001)
+    await a.learn("a fact", importance=0.9)
+    report = await a.sync_now(timeout=30)
+    assert report.cursor == hub.head == 1
 
 
 async def test_the_hubs_http_port_tells_a_websocket_client_where_to_go(
@@ -30,9 +77,9 @@ async def test_an_agent_pointed_at_the_http_port_is_told_to_use_the_websocket_po
 ) -> None:
     hub = await start_hub()
     url = f"ws://127.0.0.1:{hub.http_port}"
-    a = await open_agent("agent-a", hub, hub_url=url)
+    a = await open_agent("agent-a", hub, hub_url=url, sync_connect_timeout_s=0.3)
     with pytest.raises(HubUnreachableError) as caught:
-        await a.sync_now(timeout=3)
+        await a.sync_now(timeout=20)
     message = str(caught.value)
     assert url in message
     assert "websocket port" in message and "4444" in message  # the default, for the user
