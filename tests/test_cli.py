@@ -18,23 +18,94 @@ from chrysalis_memory.store import OpStore
 CHRYSALIS = [sys.executable, "-m", "chrysalis_memory.cli"]
 
 
-def run(*args: str, cwd: Path | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path | None = None, python: bool = False, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `chrysalis ARGS` (with ``python=True``: `python ARGS`), without CHRYSALIS_*
+    settings from this environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHRYSALIS_")}
     env["COLUMNS"] = "200"  # keep rich from wrapping the output we search
     env.update(extra)
-    return subprocess.run(
-        [*CHRYSALIS, *args], capture_output=True, text=True, timeout=120, env=env, cwd=cwd
-    )
+    command = [sys.executable, *args] if python else [*CHRYSALIS, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+# What the commands need when they run, never to show their help. (Not pydantic:
+# typer 0.29 uses it itself to read option values.)
+HEAVY = (
+    "aiosqlite",
+    "chromadb",
+    "cryptography",
+    "httpx",
+    "langchain",
+    "langchain_core",
+    "llama_index",
+    "matplotlib",
+    "msgspec",
+    "numpy",
+    "ollama",
+    "prometheus_client",
+    "sqlite3",
+    "websockets",
+    "chrysalis_memory.memory",
+    "chrysalis_memory.store",
+    "chrysalis_memory.hub.server",
+    "chrysalis_memory.bench",
+    "chrysalis_memory.gossip",
+)
+
+
+def run_importing(*args: str, **extra: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `chrysalis ARGS` under ``python -X importtime``: the result, and the modules
+    it imported."""
+    result = run("-X", "importtime", "-m", "chrysalis_memory.cli", *args, python=True, **extra)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    return result, {line.rsplit("|", 1)[1].strip() for line in lines[1:]}  # [0]: the header
 
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["status"], ["verify"], ["demo"], ["bench"], ["reindex"], ["token"], ["token", "create"]],
+    [
+        [],
+        ["status"],
+        ["verify"],
+        ["reindex"],
+        ["demo"],
+        ["hub"],
+        ["simulate"],
+        ["bench"],
+        ["token"],
+        ["token", "create"],
+        ["token", "list"],
+    ],
+    ids=lambda command: " ".join(command) or "chrysalis",
 )
-def test_every_command_has_help(command: list[str]) -> None:
-    result = run(*command, "--help")
-    assert result.returncode == 0, result.stderr
-    assert "Usage" in result.stdout
+def test_every_command_has_help_that_imports_nothing_heavy(command: list[str]) -> None:
+    result, modules = run_importing(*command, "--help", COLUMNS="80")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Usage" in result.stdout and "--help" in result.stdout
+    # Flags are shown as flags (`--json`), not as options taking a value.
+    assert "<bool>" not in result.stdout and "BOOLEAN" not in result.stdout
+    # Help needs typer and the commands' signatures, not what the commands use.
+    assert {"typer", "chrysalis_memory.cli.app"} <= modules  # the check sees the imports
+    heavy = sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert heavy == [], f"`chrysalis {' '.join(command)} --help` imports {heavy}"
+
+
+def test_the_import_check_sees_what_a_running_command_imports(tmp_path: Path) -> None:
+    # Listing tokens reads the token file with the hub's TokenStore, which needs
+    # pydantic and msgspec: the same check finds them once a command runs.
+    result, modules = run_importing("token", "list", "--tokens-file", str(tmp_path / "t.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"chrysalis_memory.hub.tokens", "pydantic", "msgspec"} <= modules
+
+
+def test_a_flag_takes_no_value(tmp_path: Path) -> None:
+    # `--json true` is not a way to say --json: "true" is left over, a usage error.
+    result = run("status", "--json", "true", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "(true)" in result.stderr
+    assert run("status", "--json", "--data-dir", str(tmp_path)).returncode == 2  # no stores
 
 
 def test_top_level_help_lists_the_commands() -> None:

@@ -25,14 +25,36 @@ from chrysalis_memory.cli.hub import hub
 from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
 from chrysalis_memory.cli.simulate import simulate
 from chrysalis_memory.cli.tokens import token_app
-from chrysalis_memory.config import AgentMemoryConfig
 from chrysalis_memory.errors import ChrysalisError
-from chrysalis_memory.memory import AgentMemory
-from chrysalis_memory.recall.embedders import select_embedder
-from chrysalis_memory.store import OpStore
-from chrysalis_memory.store.verify import verify_store
-from chrysalis_memory.sync.client import CURSOR_KEY, HUB_ID_KEY
-from chrysalis_memory.verifier import SignatureVerifier
+
+# The commands import what they need (the store, pydantic, Chroma, websockets) when
+# they run, so that `chrysalis --help` and every `--help` answer at once.
+
+
+def _flags_show_no_value() -> None:
+    """List flags in help as ``--json``, not ``--json <bool>``.
+
+    typer 0.29 labels every option with its type, flags too (even ``--help
+    <bool>``), which reads as if they took a value. Older versions show flags
+    bare and have no ``display_type_rich``; nothing changes for them.
+    """
+    from typer.core import TyperOption
+
+    typed = getattr(TyperOption, "display_type_rich", None)
+    if typed is None or getattr(typed, "flags_show_no_value", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        if getattr(self, "is_flag", False):
+            return None
+        result: str | None = typed(self, ctx)
+        return result
+
+    display_type_rich.flags_show_no_value = True  # type: ignore[attr-defined]
+    setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010
+
+
+_flags_show_no_value()
 
 app = typer.Typer(
     name="chrysalis",
@@ -79,6 +101,9 @@ def find_agents(data_dir: Path, agent_id: str | None) -> list[tuple[str, Path]]:
 
 
 async def _status_of(agent: str, path: Path) -> dict[str, Any]:
+    from chrysalis_memory.store import OpStore
+    from chrysalis_memory.sync.client import CURSOR_KEY, HUB_ID_KEY
+
     store = OpStore(path, read_only=True)
     await store.open()
     try:
@@ -99,6 +124,10 @@ async def _status_of(agent: str, path: Path) -> dict[str, Any]:
 
 
 async def _verify_of(agent: str, path: Path) -> dict[str, Any]:
+    from chrysalis_memory.store import OpStore
+    from chrysalis_memory.store.verify import verify_store
+    from chrysalis_memory.verifier import SignatureVerifier
+
     store = OpStore(path, read_only=True)
     verifier = SignatureVerifier()
     await store.open()
@@ -218,6 +247,9 @@ def reindex(
 
 
 async def _reindex(data_dir: Path, agent: str) -> tuple[int, str]:
+    from chrysalis_memory.config import AgentMemoryConfig
+    from chrysalis_memory.memory import AgentMemory
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -238,6 +270,9 @@ async def _reindex(data_dir: Path, agent: str) -> tuple[int, str]:
 
 
 async def _embedder_choice() -> str:
+    from chrysalis_memory.config import AgentMemoryConfig
+    from chrysalis_memory.recall.embedders import select_embedder
+
     config = AgentMemoryConfig.from_env()
     embedder, reason = await select_embedder(
         config.embedder, model=config.embedding_model, host=config.ollama_host

@@ -7,7 +7,7 @@ import asyncio
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,9 +21,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from chrysalis_memory.bench import Figure, Report, Settings, run_benchmarks
 from chrysalis_memory.cli.options import JsonOption
 from chrysalis_memory.errors import ChrysalisError
+
+if TYPE_CHECKING:
+    from chrysalis_memory.bench import Figure, Report, Settings
 
 
 class DurabilityChoice(str, Enum):
@@ -54,6 +56,8 @@ class _ProgressReporter:
 
 
 def _run(settings: Settings) -> Report:
+    from chrysalis_memory.bench import run_benchmarks
+
     err = Console(stderr=True)
     with Progress(
         TextColumn("[progress.description]{task.description:<22}"),
@@ -303,6 +307,8 @@ def bench(
         overrides["n"] = n
     if recall_sizes is not None:
         overrides["recall_sizes"] = _sizes(recall_sizes)
+    from chrysalis_memory.bench import Settings
+
     settings = Settings.quick(**overrides) if quick else Settings(**overrides)
     try:
         report = _run(settings)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Final, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Final, Literal, cast
 
 import typer
 from rich.console import Console, RenderableType
@@ -31,11 +31,12 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from chrysalis_memory.config import HubConfig
 from chrysalis_memory.errors import ChrysalisError
-from chrysalis_memory.hub.server import Hub
-from chrysalis_memory.memory import AgentMemory
-from chrysalis_memory.model.document import MemoryDocument
+
+if TYPE_CHECKING:  # imported when the demo runs, so that --help answers at once
+    from chrysalis_memory.hub.server import Hub
+    from chrysalis_memory.memory import AgentMemory
+    from chrysalis_memory.model.document import MemoryDocument
 
 console = Console()
 
@@ -253,6 +254,8 @@ class Demo:
     async def open_agent(self, name: str, *, with_hub: bool = True) -> AgentMemory:
         hub = self.hub
         assert hub is not None
+        from chrysalis_memory.memory import AgentMemory
+
         fields: dict[str, str] = {}
         if with_hub:
             fields = {"hub_url": hub.url, "hub_token": self.tokens[name]}
@@ -272,6 +275,9 @@ class Demo:
             await asyncio.sleep(0.2)
 
     async def run(self) -> None:
+        from chrysalis_memory.config import HubConfig
+        from chrysalis_memory.hub.server import Hub
+
         view = self.view
         hub_config = HubConfig(
             websocket_port=0,

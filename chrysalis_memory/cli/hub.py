@@ -6,13 +6,15 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from chrysalis_memory.config import HubConfig
 from chrysalis_memory.errors import ChrysalisError
+
+if TYPE_CHECKING:
+    from chrysalis_memory.config import HubConfig
 
 console = Console(stderr=True)
 
@@ -51,6 +53,8 @@ def hub(
     Settings not given as options come from CHRYSALIS_HUB_* environment
     variables (see docs/configuration.md), then the defaults.
     """
+    from chrysalis_memory.config import HubConfig
+
     overrides: dict[str, Any] = {
         "host": host,
         "websocket_port": port,

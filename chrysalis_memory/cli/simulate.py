@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,11 +13,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from chrysalis_memory.cli.options import JsonOption
-from chrysalis_memory.gossip.simulator import (
-    SimResult,
-    measure_reconciliation,
-    run_dissemination,
-)
+
+if TYPE_CHECKING:
+    from chrysalis_memory.gossip.simulator import SimResult
 
 
 def _seconds(ms: float | None) -> float | None:
@@ -121,6 +119,8 @@ def simulate(
     loses --loss of them; membership runs too (SWIM probes). Deterministic:
     the same seed replays the same run (see the trace in --json).
     """
+    from chrysalis_memory.gossip.simulator import measure_reconciliation, run_dissemination
+
     started = time.perf_counter()
     err = Console(stderr=True)
     with Progress(

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from chrysalis_memory.errors import ChrysalisError
-from chrysalis_memory.hub.tokens import TokenStore
 
 token_app = typer.Typer(help="Manage agent tokens for the hub.", no_args_is_help=True)
 console = Console()
@@ -51,6 +50,8 @@ def create(
 
     A previous token of the agent stops working.
     """
+    from chrysalis_memory.hub.tokens import TokenStore
+
     try:
         token = TokenStore(tokens_file).create(agent_id, public_key=public_key)
     except ChrysalisError as error:
@@ -69,6 +70,8 @@ def revoke(
     tokens_file: TokensFileOption = DEFAULT_TOKENS_FILE,
 ) -> None:
     """Revoke AGENT_ID's token: the hub refuses it from now on (no restart needed)."""
+    from chrysalis_memory.hub.tokens import TokenStore
+
     try:
         TokenStore(tokens_file).revoke(agent_id)
     except ChrysalisError as error:
@@ -82,6 +85,8 @@ def list_tokens(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the agents that have a token, with their bound signing keys."""
+    from chrysalis_memory.hub.tokens import TokenStore
+
     try:
         records = TokenStore(tokens_file).agents()
     except ChrysalisError as error:
