@@ -376,7 +376,7 @@ async def test_unreachable_says_ollama_serve(closed_url: str) -> None:
         with pytest.raises(EmbedderUnavailableError) as raised:
             await embedder.embed(["hello"])
         with pytest.raises(EmbedderUnavailableError):
-            await embedder.probe(timeout=1)
+            await embedder.probe(timeout=10)
     message = str(raised.value)
     assert closed_url in message
     assert "ollama serve" in message
@@ -500,7 +500,7 @@ async def test_auto_picks_ollama_when_it_answers(standin: OllamaStandIn) -> None
 
 
 async def test_auto_falls_back_to_hashing_when_unreachable(closed_url: str) -> None:
-    embedder, reason = await select_embedder("auto", host=closed_url, probe_timeout=1)
+    embedder, reason = await select_embedder("auto", host=closed_url, probe_timeout=10)
     assert isinstance(embedder, HashingEmbedder)
     assert reason.startswith(f"Ollama not reachable at {closed_url}: using the offline hashing")
     assert "ollama serve" in reason
@@ -530,7 +530,7 @@ async def test_auto_uses_ollama_host(
 
 async def test_explicit_ollama_fails_loudly(closed_url: str, standin: OllamaStandIn) -> None:
     with pytest.raises(EmbedderUnavailableError, match="ollama serve"):
-        await select_embedder("ollama", host=closed_url, probe_timeout=1)
+        await select_embedder("ollama", host=closed_url, probe_timeout=10)
     with pytest.raises(EmbeddingModelMissingError, match="ollama pull bge-m3"):
         await select_embedder("ollama", model="bge-m3", host=standin.url)
     embedder, reason = await select_embedder("ollama", host=standin.url)
