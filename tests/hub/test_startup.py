@@ -48,9 +48,7 @@ async def test_a_busy_port_says_which_and_what_to_do(
 
 
 @pytest.mark.parametrize("under", [False, True], ids=["a file", "under a file"])
-async def test_a_data_dir_that_is_a_file_is_not_a_port_problem(
-    tmp_path: Path, under: bool
-) -> None:
+async def test_a_data_dir_that_is_a_file_is_not_a_port_problem(tmp_path: Path, under: bool) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a directory")
     data_dir = a_file / "hub" if under else a_file
