@@ -65,6 +65,9 @@ _FRAME_OVERHEAD: Final = 256
 _SAVE_CURSOR_EVERY_S: Final = 0.5
 _RETRY_LATER: Final = frozenset({"rate_limited", "internal"})
 DEFAULT_HUB_PORT: Final = HubConfig.model_fields["websocket_port"].default
+# Handshake answers that say the URL is not a hub's websocket endpoint (401 aside,
+# a refused token, which fails sync_now at once); 408 and 429 only say "later".
+_NOT_A_HUB: Final = frozenset(range(400, 500)) - {401, 408, 429}
 
 Merge = Callable[[Sequence[Op]], Awaitable[int]]
 """Stores ops received from the hub (verified, marked synced); returns how many were new."""
@@ -149,7 +152,7 @@ class SyncClient:
         self._wake = asyncio.Event()  # something new to push
         self._kick = asyncio.Event()  # stop waiting, connect now
         self._attempted = asyncio.Event()  # a connection attempt just ended without a session
-        self._attempt_failed = False  # ... and it failed (rather than, say, met another hub)
+        self._nobody_there = False  # ... and found no hub serving the URL (see _connected_session)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -196,7 +199,7 @@ class SyncClient:
         failures = 0
         while not self._closing:
             self._connection = "connecting"
-            session_worked = False
+            session_worked = opened = nobody_there = False
             try:
                 async with connect(
                     self.url,
@@ -210,12 +213,19 @@ class SyncClient:
                     open_timeout=10,
                     proxy=None,
                 ) as connection:
+                    opened = True
                     session = _Session(self, connection)
                     session_worked = await session.run()
             except InvalidStatus as error:
                 self.last_error = _refusal(error, self.url)
+                # 4xx: not a hub's websocket endpoint; 5xx (a connection limit): a busy hub.
+                nobody_there = error.response.status_code in _NOT_A_HUB
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as error:
                 self.last_error = _unreachable(error, self.url)
+                # Refused, unknown host, not a websocket server; a timeout may be a slow hub.
+                nobody_there = not opened and not isinstance(
+                    error, (TimeoutError, asyncio.TimeoutError, ConnectionClosed)
+                )
             except HubRejectedError as error:
                 self.last_error = error
             except (SyncError, SyncProtocolError, InvalidOpError) as error:
@@ -235,7 +245,7 @@ class SyncClient:
                         failures,
                     )
             self._connection = "offline"
-            self._attempt_failed = not session_worked
+            self._nobody_there = nobody_there and not session_worked
             self._attempted.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.backoff.delay(failures))
@@ -260,15 +270,18 @@ class SyncClient:
     ) -> _Session:
         """The current session, connecting now if there is none, within ``timeout``.
 
-        With ``give_up_s``, failed attempts (refused, wrong port, unknown host)
-        are retried for that long only; an attempt under way is let finish.
+        With ``give_up_s``, attempts that find no hub at the URL (the connection
+        refused, an unknown host, not a websocket endpoint: HTTP 404) are retried
+        for that long only. An attempt under way is let finish, and one that met
+        a hub that is there but busy (HTTP 503, a timeout) is retried until
+        ``timeout``.
         """
         if self._closing:
             raise SyncError("sync is closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         give_up = deadline if give_up_s is None else min(deadline, loop.time() + give_up_s)
-        failed = False  # the last attempt made during this call failed
+        nobody_there = False  # the last attempt made during this call found no hub
         self._kick.set()  # connect now rather than at the end of a backoff
         while self._session is None:
             now = loop.time()
@@ -276,16 +289,16 @@ class SyncClient:
                 raise self.last_error or HubUnreachableError(
                     f"the hub at {self.url} did not answer within {timeout:g} s"
                 )
-            if failed and now >= give_up and self._connection != "connecting":
+            if nobody_there and now >= give_up and self._connection != "connecting":
                 raise self._gave_up(give_up_s or timeout)
             self._attempted.clear()
             waits = [asyncio.ensure_future(e.wait()) for e in (self._ready, self._attempted)]
-            wake = give_up if failed and now < give_up else deadline
+            wake = give_up if nobody_there and now < give_up else deadline
             await asyncio.wait(waits, timeout=wake - now, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
             if self._session is None and self._attempted.is_set():
-                failed = self._attempt_failed
+                nobody_there = self._nobody_there
                 if isinstance(self.last_error, HubRejectedError):
                     raise self.last_error  # retrying will not change the hub's mind
         return self._session
@@ -307,10 +320,10 @@ class SyncClient:
         Raises :class:`~chrysalis_memory.errors.SyncError` (a subclass saying
         why) if the hub cannot be reached or refuses this agent within ``timeout``.
         A connection lost on the way is retried within the same ``timeout``.
-        Connection attempts that fail (nothing listens at the URL, or it is not
-        the hub's websocket port) are retried for ``connect_timeout_s`` only:
-        there is no point waiting the whole ``timeout`` for a hub that is not
-        there. The background worker goes on retrying in any case.
+        Connection attempts that find no hub (nothing listens at the URL, or it
+        is not the hub's websocket port) are retried for ``connect_timeout_s``
+        only: there is no point waiting the whole ``timeout`` for a hub that is
+        not there. The background worker goes on retrying in any case.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -4,6 +4,7 @@ hubs and agents on loopback; the port is closed by binding and closing it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -57,6 +58,31 @@ async def test_a_connection_under_way_is_not_cut_short(
     await a.learn("a fact", importance=0.9)
     report = await a.sync_now(timeout=30)
     assert report.cursor == hub.head == 1
+
+
+async def test_a_busy_hub_is_waited_for_not_given_up_on(
+    start_hub: StartHub, open_agent: OpenAgent
+) -> None:
+    hub = await start_hub(max_connections_per_agent=1)
+    token = hub.tokens.create("agent-a")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(hub.url, additional_headers=headers, proxy=None):
+        # The agent's one connection slot is taken: the hub answers it HTTP 503.
+        a = await open_agent("agent-a", hub, hub_token=token, sync_connect_timeout_s=0.2)
+        await a.learn("a fact", importance=0.9)
+        sync = asyncio.ensure_future(a.sync_now(timeout=60))
+
+        async def refused_as_busy() -> bool:
+            state = a.sync_state()
+            return state is not None and "HTTP 503" in (state.last_error or "")
+
+        await wait_until(refused_as_busy, timeout=20, what="the busy hub's 503")
+        # Let sync_connect_timeout_s pass several times over: had the 503 counted as
+        # "no hub there", sync_now would have given up by now.
+        await asyncio.sleep(1.0)
+        assert not sync.done()
+    report = await sync  # the slot is free again: the agent gets in and pushes
+    assert report.pushed == 1
 
 
 async def test_the_hubs_http_port_tells_a_websocket_client_where_to_go(
