@@ -328,12 +328,19 @@ class AgentMemory:
         return await self._write_view(memory_id, lambda _: MemoryPatch(**fields))
 
     async def tag(self, memory_id: str, *tags: str) -> MemoryDocument:
-        """Add tags. A tag added concurrently with its removal elsewhere survives."""
+        """Add tags. A tag added concurrently with its removal elsewhere survives.
+
+        Every call writes an add, even of a tag the memory already has here: a
+        replica that has not seen this add may be removing the tag right now,
+        and the add must win over that remove (spec §2.2.2).
+        """
         wanted = check.tags(tags)
 
         def patch(state: MemoryState) -> MemoryPatch | None:
-            new = tuple(t for t in wanted if t not in state.tags)
-            return MemoryPatch(tags_add=new) if new else None
+            # A fresh op is a fresh dot for each tag, even a tag already present:
+            # skipping those would let a concurrent untag of the dots seen so far
+            # remove them everywhere.
+            return MemoryPatch(tags_add=wanted) if wanted else None
 
         return await self._write_view(memory_id, patch)
 

@@ -76,12 +76,14 @@ async def test_tag_and_untag(mem: AgentMemory) -> None:
     assert doc.tags == ["b"]
 
 
-async def test_tagging_an_existing_tag_writes_nothing(mem: AgentMemory) -> None:
+async def test_tagging_an_existing_tag_writes_an_add_and_untagging_a_missing_one_nothing(
+    mem: AgentMemory,
+) -> None:
     mid = await mem.learn("fact", tags=["a"])
-    doc = await mem.tag(mid, "a")
-    assert doc.version == 1
+    doc = await mem.tag(mid, "a")  # a fresh add, so it wins over a concurrent untag
+    assert (doc.tags, doc.version) == (["a"], 2)
     doc = await mem.untag(mid, "never-there")
-    assert doc.version == 1
+    assert doc.version == 2
 
 
 async def test_reinforce_only_increases(mem: AgentMemory) -> None:
