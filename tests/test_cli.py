@@ -210,6 +210,68 @@ def test_demo_in_a_terminal_shows_a_live_view(tmp_path: Path) -> None:
     assert "state roots: identical on the hub and all three agents" in demo.stdout
 
 
+def two_agents(data_dir: Path) -> None:
+    """Two agents that never met a hub: one with a long-term memory (pending, to be
+    shared), one with a short-term memory too (local)."""
+    from chrysalis_memory import AgentMemory
+
+    async def write() -> None:
+        async with AgentMemory(agent_id="ann", data_dir=data_dir, embedder="hashing") as ann:
+            await ann.learn("The staging database is restored nightly.", importance=0.9)
+        async with AgentMemory(agent_id="bob", data_dir=data_dir, embedder="hashing") as bob:
+            await bob.learn("Deploys happen on Tuesdays.", importance=0.9)
+            await bob.learn("The user said hello.", importance=0.2)
+
+    asyncio.run(write())
+
+
+def test_status_reads_well_at_80_columns_and_piped(tmp_path: Path) -> None:
+    two_agents(tmp_path)
+    offline = {"CHRYSALIS_EMBEDDER": "hashing", "COLUMNS": "80"}
+    data = json.loads(run("status", "--data-dir", str(tmp_path), "--json", **offline).stdout)
+    assert data["data_dir"] == str(tmp_path)
+    assert "chrysalis-hashing-v1-2048" in data["embedder"]
+    assert data["same_state_root"] is False
+    ann, bob = data["agents"]
+    assert (ann["agent_id"], bob["agent_id"]) == ("ann", "bob")
+    for agent in (ann, bob):
+        assert agent["db_path"] == str(tmp_path / agent["agent_id"] / "memory.db")
+        assert re.fullmatch(r"[0-9a-f]{64}", agent["state_root"])
+        assert agent["hub_id"] is None and agent["hub_cursor"] == 0
+        assert agent["ops"] == agent["ops_written"] > 0  # nothing received from others
+        assert agent["ops_synced"] == agent["ops_retry"] == 0
+    assert (ann["memories_live"], bob["memories_live"]) == (1, 2)
+    assert ann["ops_local"] == 0 and ann["ops_pending"] == ann["ops"]
+    assert bob["ops_local"] > 0 and bob["ops_pending"] > 0
+    assert bob["ops_local"] + bob["ops_pending"] == bob["ops"]
+
+    result = run("status", "--data-dir", str(tmp_path), **offline)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "\x1b[" not in out  # piped: plain text
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out  # nothing cut short
+    assert out.startswith("2 agent stores in ")
+    block = out[out.index("\nbob\n") :]
+    assert "  memories    2 live, 0 forgotten\n" in block
+    assert (
+        f"  ops         {bob['ops']} in the log: {bob['ops']} written here, 0 received\n" in block
+    )
+    assert (
+        f"  sync        {bob['ops_pending']} pending (waiting for the hub), "
+        f"{bob['ops_local']} local (short-term: not shared)\n"
+    ) in block
+    assert "  hub         none yet (never synced)\n" in block
+    assert f"  state root  {bob['state_root']}\n" in block
+    assert "state roots: 2 different ones among 2 agents" in out
+    assert "recall embedder:" in out
+
+    # One agent: no comparison of roots.
+    one = run("status", "--data-dir", str(tmp_path), "--agent-id", "ann", **offline).stdout
+    assert one.startswith("1 agent store in ") and "state roots:" not in one
+    assert f"  sync        {ann['ops']} pending (waiting for the hub)\n" in one
+
+
 def test_verify_exits_nonzero_on_damage(tmp_path: Path) -> None:
     # No --data-dir: the demo makes a new temporary directory, keeps it and says where.
     demo = run("demo", TMPDIR=str(tmp_path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +17,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from chrysalis_memory import __version__
 from chrysalis_memory.cli.bench import bench
@@ -108,6 +108,7 @@ async def _status_of(agent: str, path: Path) -> dict[str, Any]:
     await store.open()
     try:
         counts = await store.counts()
+        written = await store.last_seq(agent)  # its own ops are numbered 1, 2, ...
         root = await store.state_root()
         hub_id = await store.meta(HUB_ID_KEY)
         cursor = int(await store.meta(CURSOR_KEY) or 0)
@@ -119,6 +120,7 @@ async def _status_of(agent: str, path: Path) -> dict[str, Any]:
         "state_root": root,
         "hub_id": hub_id,
         "hub_cursor": cursor,
+        "ops_written": written,
         **counts,
     }
 
@@ -160,42 +162,98 @@ def status(
     agent_id: AgentOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show each agent's store: memories, ops by status, hub cursor, state root.
+    """Show each agent's store: memories, ops and their sync status, hub, state root.
 
-    The hub column is the hub the agent last synced with and how far into its
-    log the agent holds every op.
+    One block per agent: how many memories it holds, how many ops it wrote and
+    received, which are synced with the hub, pending or short-term, the hub it
+    last synced with and how far into that hub's log it holds every op, and
+    its state root (equal roots: the same ops, hence the same memories).
 
     Reads the stores without locking them, so it works while agents run.
     """
     results = _per_agent(data_dir, agent_id, _status_of)
     embedder = asyncio.run(_embedder_choice())
+    same_root = len({r["state_root"] for r in results}) == 1
     if as_json:
         print(
             json.dumps(
-                {"data_dir": str(data_dir), "embedder": embedder, "agents": results}, indent=2
+                {
+                    "data_dir": str(data_dir),
+                    "embedder": embedder,
+                    "same_state_root": same_root,
+                    "agents": results,
+                },
+                indent=2,
             )
         )
         return
-    table = Table(title=f"Chrysalis agents in {data_dir}")
-    table.add_column("agent", no_wrap=True)
-    for column in ("memories", "forgotten", "ops", "local", "pending", "synced"):
-        table.add_column(column, justify="right")
-    table.add_column("hub (cursor)", no_wrap=True)
-    table.add_column("state root", no_wrap=True)
+    _show_status(data_dir, results, embedder)
+
+
+def _show_status(data_dir: Path, results: list[dict[str, Any]], embedder: str) -> None:
+    """One block of short lines per agent: fits 80 columns, reads the same piped."""
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    plural = "s" if len(results) != 1 else ""
+    say(f"{len(results)} agent store{plural} in {data_dir.resolve()}")
     for r in results:
-        table.add_row(
-            r["agent_id"],
-            str(r["memories_live"]),
-            str(r["memories_forgotten"]),
-            str(r["ops"]),
-            str(r["ops_local"]),
-            str(r["ops_pending"] + r["ops_retry"]),
-            str(r["ops_synced"]),
-            f"{r['hub_id']} ({r['hub_cursor']})" if r["hub_id"] else "-",
-            r["state_root"][:12],
+        say("")
+        console.print(r["agent_id"], style="bold", markup=False, highlight=False)
+        for label, value in _status_lines(r):
+            say(f"  {label:<11} {value}")
+    say("")
+    if len(results) > 1:
+        roots = len({r["state_root"] for r in results})
+        if roots == 1:
+            say(f"state roots: the same on all {len(results)} agents (they hold the same ops)")
+        else:
+            say(
+                f"state roots: {roots} different ones among {len(results)} agents "
+                "(they do not hold the same ops yet)"
+            )
+    # Wrapped here, indented, rather than by rich at the edge of the terminal.
+    say("recall embedder:")
+    say(
+        textwrap.fill(
+            embedder, max(console.width, 40) - 1, initial_indent="  ", subsequent_indent="  "
         )
-    console.print(table)
-    console.print(f"recall embedder: {embedder}")
+    )
+
+
+def _status_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
+    memories = f"{r['memories_live']:,} live, {r['memories_forgotten']:,} forgotten"
+    if r["memories_incomplete"]:
+        memories += f", {r['memories_incomplete']:,} incomplete (ops still to arrive)"
+    ops = r["ops"]
+    received = ops - r["ops_written"]
+    held = f"{ops:,} in the log: {r['ops_written']:,} written here, {received:,} received"
+    waiting = {
+        "pending (waiting for the hub)": r["ops_pending"],
+        "to retry (a push failed)": r["ops_retry"],
+        "local (short-term: not shared)": r["ops_local"],
+    }
+    if not ops:
+        sync = "nothing yet"
+    elif r["ops_synced"] == ops:
+        sync = f"all {ops:,} synced with the hub"
+    else:
+        parts = [f"{r['ops_synced']:,} synced"] if r["ops_synced"] else []
+        parts += [f"{n:,} {what}" for what, n in waiting.items() if n]
+        sync = ", ".join(parts)
+    if r["hub_id"]:
+        hub = f"{r['hub_id']} (has the hub's log up to op {r['hub_cursor']:,})"
+    else:
+        hub = "none yet (never synced)"
+    return [
+        ("memories", memories),
+        ("ops", held),
+        ("sync", sync),
+        ("hub", hub),
+        ("state root", r["state_root"]),
+        ("store", r["db_path"]),
+    ]
 
 
 @app.command()
