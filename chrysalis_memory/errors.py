@@ -107,6 +107,12 @@ class StoreError(ChrysalisError):
     """The local store failed (disk, permissions, corruption)."""
 
 
+class DataDirError(ConfigError, StoreError):
+    """The data directory (or ``db_path``) cannot be used: a file is in the way, or
+    it cannot be created or written (permissions, a read-only disk, a name too long).
+    Point ``data_dir`` (``CHRYSALIS_DATA_DIR``) at a directory this process can write."""
+
+
 class DataDirLockedError(StoreError):
     """Another process already owns this agent's data directory."""
 

@@ -35,6 +35,7 @@ from chrysalis_memory.crdt.hlc import HybridClock
 from chrysalis_memory.errors import (
     ClosedError,
     ConfigError,
+    DataDirError,
     DataDirLockedError,
     ForgedWriterError,
     InvalidArgumentError,
@@ -151,7 +152,15 @@ class AgentMemory:
             signer = Signer.generate()  # an in-memory agent is a new writer every time
         else:
             self._acquire_data_dir(cfg.agent_dir)
-            signer = load_or_create_signer(cfg.agent_dir / "keys" / "signing.key")
+            try:
+                key_path = cfg.agent_dir / "keys" / "signing.key"
+                with _data_dir_errors(key_path, "data_dir"):
+                    signer = load_or_create_signer(key_path)
+                if cfg.db_path is not None:
+                    _make_dir(db_path.parent, "db_path", for_path=db_path)
+            except BaseException:
+                self._release_data_dir()
+                raise
         store = OpStore(db_path, durability=cfg.durability)
         try:
             await store.open()
@@ -234,16 +243,18 @@ class AgentMemory:
         await self.close()
 
     def _acquire_data_dir(self, agent_dir: Path) -> None:
-        agent_dir.mkdir(parents=True, exist_ok=True)
+        _make_dir(agent_dir, "data_dir")
         lock = FileLock(agent_dir / "agent.lock", timeout=0)
         try:
             lock.acquire()
-        except Timeout:
+        except Timeout:  # a TimeoutError, hence an OSError: caught first
             raise DataDirLockedError(
                 f"{agent_dir} is in use by another AgentMemory (this or another process): "
                 "one process owns an agent's data directory. Close the other one, or use "
                 "another agent_id or data_dir."
             ) from None
+        except OSError as exc:
+            raise _unusable(exc, agent_dir / "agent.lock", "data_dir") from None
         self._lock_file = lock
 
     def _release_data_dir(self) -> None:
@@ -903,6 +914,56 @@ class AgentMemory:
                 "AgentMemory(agent_id=..., hub_url='ws://127.0.0.1:4444', hub_token=...)"
             )
         return self._sync
+
+
+def _make_dir(directory: Path, setting: str, *, for_path: Path | None = None) -> None:
+    """Create ``directory`` (and its parents), or say why it (or ``for_path``, the
+    file that goes in it) cannot be used."""
+    with _data_dir_errors(for_path or directory, setting):
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _data_dir_errors(path: Path, setting: str) -> Iterator[None]:
+    """Raise an ``OSError`` about ``path`` as a :class:`DataDirError` (:func:`_unusable`)."""
+    try:
+        yield
+    except OSError as exc:
+        raise _unusable(exc, path, setting) from None
+
+
+def _unusable(exc: OSError, path: Path, setting: str) -> DataDirError:
+    """An ``OSError`` about ``path`` as a :class:`DataDirError` that names the path,
+    the problem and the ``setting`` (``data_dir`` or ``db_path``) to change."""
+    variable = f"CHRYSALIS_{setting.upper()}"
+    wanted = "a directory" if setting == "data_dir" else "a file in a directory"
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        blocker = _file_in_the_way(path) or Path(exc.filename or path)
+        return DataDirError(
+            f"cannot use {path}: {blocker} is a file, not a directory. Set {setting} "
+            f"({variable}) to {wanted}, or move that file away."
+        )
+    if isinstance(exc, PermissionError):
+        return DataDirError(
+            f"cannot use {path}: permission denied. Set {setting} ({variable}) to "
+            f"{wanted} this user can write, or change its permissions."
+        )
+    reason = exc.strerror or type(exc).__name__
+    return DataDirError(
+        f"cannot use {path}: {reason}. Set {setting} ({variable}) to {wanted} "
+        "this process can create and write."
+    )
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path``) if it is not a directory."""
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else candidate
+        except OSError:
+            return None
+    return None
 
 
 def _filters(
