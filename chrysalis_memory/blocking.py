@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from chrysalis_memory.config import AgentMemoryConfig
-from chrysalis_memory.errors import UsageError
+from chrysalis_memory.errors import ClosedError, UsageError
 from chrysalis_memory.memory import AgentMemory
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ def _blocking(
 
     @functools.wraps(method)  # help() and IDEs show AgentMemory's signature
     def wrapper(self: BlockingAgentMemory, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not self.memory.is_open:  # said here: AgentMemory's advice is `async with`
+            raise ClosedError(
+                "this BlockingAgentMemory is not open: use `with BlockingAgentMemory(...) "
+                "as mem:`, or call `mem.open()` first and `mem.close()` when done"
+            )
         return self._runner().run(call(self.memory, *args, **kwargs))
 
     wrapper.__qualname__ = f"BlockingAgentMemory.{method.__name__}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,22 @@ async def test_blocking_calls_work_inside_a_running_event_loop(tmp_path: Path) -
 
 
 def test_blocking_memory_must_be_opened(tmp_path: Path) -> None:
-    mem = BlockingAgentMemory(agent_id="agent-a", data_dir=tmp_path)
-    with pytest.raises(ClosedError):
-        mem.learn("too early")
-    mem.close()
+    mem = BlockingAgentMemory(agent_id="agent-unopened", data_dir=tmp_path)
+
+    def loop_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "chrysalis-agent-unopened"]
+
+    for moment in ("before open", "after close"):
+        with pytest.raises(ClosedError) as raised:
+            mem.learn("too early or too late")
+        message = str(raised.value)
+        # Advice for this class, not for AgentMemory's `async with`.
+        assert "with BlockingAgentMemory(" in message, moment
+        assert "async with" not in message, moment
+        assert ".open()" in message, moment
+        assert loop_threads() == [], moment  # and no event loop thread left running
+        mem.open()
+        mem.close()
 
 
 def test_two_blocking_replicas_converge(tmp_path: Path) -> None:
