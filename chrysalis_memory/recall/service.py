@@ -6,6 +6,8 @@ An agent's :class:`~chrysalis_memory.AgentMemory` and the hub each own one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,6 +61,7 @@ class RecallService:
         self._vector_dir = vector_dir
         self._write_embeddings = write_embeddings or _keep_none
         self._index: RecallIndex | None = None
+        self._building: asyncio.Future[RecallIndex] | None = None
         self._temp_dir: tempfile.TemporaryDirectory[str] | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.embedder_choice = ""
@@ -69,29 +72,58 @@ class RecallService:
         return self._index is not None
 
     async def index(self) -> RecallIndex:
-        """The recall index, created on first use."""
+        """The recall index, created on first use.
+
+        Built once: callers that arrive while it is being built wait for that one
+        build, and a caller cancelled while waiting does not cancel it (nor leave
+        a half-built index behind for the next one). A build that fails is tried
+        again by the next caller.
+        """
         if self._index is not None:
             return self._index
+        if self._building is None:
+            self._building = asyncio.ensure_future(self._build())
+            self._building.add_done_callback(self._built)
+        return await asyncio.shield(self._building)
+
+    def _built(self, task: asyncio.Future[RecallIndex]) -> None:
+        if self._building is task:
+            self._building = None
+        if not task.cancelled():
+            task.exception()  # retrieved: each waiter has it raised already
+
+    async def _build(self) -> RecallIndex:
         from chrysalis_memory.recall.embedders import select_embedder
         from chrysalis_memory.recall.vectors import ChromaVectorCache
 
-        if self._custom_embedder is not None:
-            embedder = self._custom_embedder
-            self.embedder_choice = f"{embedder.model}, passed to AgentMemory"
-        else:
-            embedder, self.embedder_choice = await select_embedder(
-                self._embedder_kind, model=self._embedding_model, host=self._ollama_host
-            )
-            self._closers.append(embedder.aclose)
-        vectors: ChromaVectorCache | None = None
-        if self._use_vectors:
-            where = self._vector_dir
-            if where is None:  # an in-memory replica: a throwaway cache
-                self._temp_dir = tempfile.TemporaryDirectory(prefix="chrysalis-vectors-")
-                where = Path(self._temp_dir.name)
-            vectors = ChromaVectorCache(where, model=embedder.model, dimensions=embedder.dimensions)
-            await vectors.open()
-            self._closers.append(vectors.close)
+        closers: list[Callable[[], Awaitable[None]]] = []
+        try:
+            if self._custom_embedder is not None:
+                embedder = self._custom_embedder
+                self.embedder_choice = f"{embedder.model}, passed to AgentMemory"
+            else:
+                embedder, self.embedder_choice = await select_embedder(
+                    self._embedder_kind, model=self._embedding_model, host=self._ollama_host
+                )
+                closers.append(embedder.aclose)
+            vectors: ChromaVectorCache | None = None
+            if self._use_vectors:
+                where = self._vector_dir
+                if where is None:  # an in-memory replica: a throwaway cache
+                    if self._temp_dir is None:
+                        self._temp_dir = tempfile.TemporaryDirectory(prefix="chrysalis-vectors-")
+                    where = Path(self._temp_dir.name)
+                vectors = ChromaVectorCache(
+                    where, model=embedder.model, dimensions=embedder.dimensions
+                )
+                await vectors.open()
+                closers.append(vectors.close)
+        except BaseException:
+            while closers:  # nothing half-built is kept: the next caller starts afresh
+                with contextlib.suppress(Exception):
+                    await closers.pop()()
+            raise
+        self._closers.extend(closers)
         self._index = RecallIndex(self._store, embedder, vectors, self._write_embeddings)
         self._index.start()
         return self._index
@@ -159,6 +191,10 @@ class RecallService:
             await ChromaVectorCache.reset_directory(self._vector_dir)
 
     async def close(self) -> None:
+        building, self._building = self._building, None
+        if building is not None:  # let a build under way finish, then close what it made
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await building
         if self._index is not None:
             await self._index.close()
             self._index = None
