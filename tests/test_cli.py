@@ -114,6 +114,38 @@ def test_top_level_help_lists_the_commands() -> None:
         assert name in result.stdout
 
 
+def test_plain_progress_prints_a_line_every_so_often() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from chrysalis_memory.cli.progress import PlainProgress
+
+    now = [100.0]
+    out = StringIO()
+    progress = PlainProgress(Console(file=out, width=40), every_s=5, clock=lambda: now[0])
+    asked: list[float] = []
+
+    def text() -> str:
+        asked.append(now[0])
+        return f"at {progress.elapsed():.0f} s [not markup]"
+
+    assert progress.tick(text)  # the first is due at once
+    for step in range(1, 12):
+        now[0] = 100.0 + step
+        progress.tick(text)
+    progress.line("done, a line longer than the forty columns of this console")
+    assert asked == [100.0, 105.0, 110.0]  # text() only when a line is due
+    assert out.getvalue().splitlines() == [
+        "at 0 s [not markup]",
+        "at 5 s [not markup]",
+        "at 10 s [not markup]",
+        "done, a line longer than the forty columns of this console",
+    ]
+    now[0] = 114.0
+    assert not progress.tick(text)  # the last line counts too
+
+
 def hub_state_root(hub_dir: Path) -> str:
     """The state root of the demo hub's log, read on its own."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,36 @@ def test_json_report_and_determinism(tmp_path: Path) -> None:
     assert first["theory_rounds"] == pytest.approx(expected_rounds(300, 3), abs=0.01)
     assert first["messages_per_agent"] > 0 and first["bytes_per_agent"] > 0
     assert first["messages_lost"] > 0  # 5% loss
+
+
+def test_a_long_run_says_what_to_expect_and_shows_progress_when_piped() -> None:
+    # 2,000 agents are estimated at a few seconds: enough to say so up front.
+    result = simulate("--agents", "2000", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)  # the progress stays off stdout
+    lines = result.stderr.splitlines()
+    assert "\x1b[" not in result.stderr  # not a terminal: plain lines, no bar
+    expected = round(expected_rounds(2000, 3))
+    assert re.fullmatch(
+        rf"simulating 2,000 agents: about {expected} rounds expected, roughly \d+ s of "
+        r"wall time on 2 CPUs",
+        lines[0],
+    ), lines
+    # Lines while it runs depend on the machine's speed; the last one does not.
+    assert all(
+        re.fullmatch(r"  \d+ s: round [\d.]+ of ~\d+, [\d.]+% of the agents reached", line)
+        for line in lines[1:-1]
+    ), lines
+    assert re.fullmatch(
+        rf"  done in [\d.]+ s: all reached in round {data['rounds_to_all']:.1f}", lines[-1]
+    ), lines
+
+
+def test_a_short_run_prints_only_its_report() -> None:
+    result = simulate("--agents", "300")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("300 agents, fanout 3, 500 ms rounds, loss 0%, seed 1\n")
 
 
 def test_the_issue_targets_at_1000_agents() -> None:
