@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,10 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)  # stdout is exactly one JSON object
+    # stderr is a pipe, not a terminal: plain progress lines, one per phase at least.
+    assert "\x1b[" not in result.stderr
+    phases = re.findall(r"^bench +\d+ s  (.+)$", result.stderr, flags=re.MULTILINE)
+    assert phases[0] == "learn (normal)" and "hub propagation" in phases, result.stderr
     assert json.loads(output.read_text(encoding="utf-8")) == data
     # The temporary databases are removed afterwards.
     assert not any((workdir / "data").iterdir())
