@@ -117,6 +117,12 @@ class DataDirLockedError(StoreError):
     """Another process already owns this agent's data directory."""
 
 
+class ClockExhaustedError(StoreError):
+    """This replica's hybrid logical clock, or a writer's sequence numbers, ran
+    out of values (see ``MAX_WALL_MS`` and ``MAX_SEQ``): unreachable by honest
+    use, and never by one received op."""
+
+
 class KeyMismatchError(StoreError):
     """The agent's signing key does not match the ops its store says it wrote."""
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
+
+MAX_TOTAL: Final = (1 << 53) - 1
+"""The most a G-Counter's :attr:`~GCounter.value` reports: the sum of its entries
+saturates here, so it always fits SQLite's INTEGER and a JSON double exactly,
+however many writers report however much. Entries themselves are bounded where
+they arrive (``MAX_ACCESS`` for access counts, in the op decoder)."""
 
 
 class GCounter:
@@ -53,7 +60,8 @@ class GCounter:
 
     @property
     def value(self) -> int:
-        return sum(self._counts.values())
+        """The sum of every writer's count, saturating at :data:`MAX_TOTAL`."""
+        return min(sum(self._counts.values()), MAX_TOTAL)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GCounter):

@@ -45,7 +45,7 @@ from chrysalis_memory.gossip.messages import (
     Want,
 )
 from chrysalis_memory.gossip.summary import BUCKETS, Interval
-from chrysalis_memory.model.ops import AgentId, Cid, Op
+from chrysalis_memory.model.ops import MAX_SEQ, AgentId, Cid, Op
 from chrysalis_memory.sync.messages import (
     MAX_ID,
     RawOps,
@@ -76,7 +76,10 @@ ENVELOPE_BYTES: Final = 34
 """Bytes of the envelope around a message, besides the sender's id and address."""
 
 Counter = Annotated[int, Meta(ge=0, le=MAX_ID)]
-SeqNo = Annotated[int, Meta(ge=1, le=MAX_ID)]
+"""Probe and session numbers and incarnations: at most ``MAX_ID`` (2^53 - 1, see
+:data:`chrysalis_memory.sync.messages.MAX_ID`)."""
+SeqNo = Annotated[int, Meta(ge=1, le=MAX_SEQ)]
+"""A writer's sequence number, in the same range as in an op (``MAX_SEQ``)."""
 Address = Annotated[str, Meta(min_length=1, max_length=MAX_ADDR_CHARS)]
 WireInterval = tuple[SeqNo, SeqNo]
 Intervals = Annotated[tuple[WireInterval, ...], Meta(min_length=1, max_length=MAX_INTERVALS)]

@@ -28,8 +28,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from chrysalis_memory.crdt.hlc import HLC, HybridClock
-from chrysalis_memory.errors import MalformedOpError, SignatureError
+from chrysalis_memory.crdt.hlc import HLC, MAX_COUNTER, MAX_WALL_MS, HybridClock
+from chrysalis_memory.errors import ClockExhaustedError, MalformedOpError, SignatureError
 
 FORMAT_VERSION: Final = 1
 MAX_OP_BYTES: Final = 1 << 20
@@ -49,7 +49,27 @@ Tag = Annotated[str, Meta(min_length=1, max_length=256)]
 Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 PublicKeyB64 = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{43}$")]
 SignatureB64 = Annotated[str, Meta(pattern=r"^([A-Za-z0-9_-]{86})?$")]
-Seq = Annotated[int, Meta(ge=1)]
+
+# --- the range of every number an op carries ----------------------------------------
+# Each bound leaves headroom so that nothing computed from an accepted value can
+# overflow later: not ``+ 1`` (the next sequence number, the clock's next tick),
+# not a sum (a G-Counter's total), not SQLite's 64-bit INTEGER columns, and not a
+# JSON double (every bound is below 2^53, so JSON readers in any language see the
+# exact value). The HLC's bounds are in :mod:`chrysalis_memory.crdt.hlc`
+# (``MAX_WALL_MS`` = 2^47 - 1 ms, in the year 6429; ``MAX_COUNTER`` = 2^32 - 1).
+
+MAX_SEQ: Final = (1 << 53) - 1
+"""Largest sequence number (2^53 - 1): a million ops a second for 285 years.
+``+ 1`` fits SQLite's INTEGER; exact as a JSON double; gossip's intervals of
+sequence numbers use the same bound."""
+
+MAX_ACCESS: Final = (1 << 40) - 1
+"""Largest access count one writer may report for one memory (about 1.1e12: ten
+thousand recalls a second for three and a half years). The G-Counter's total
+saturates at :data:`chrysalis_memory.crdt.counters.MAX_TOTAL` (2^53 - 1), which
+8,192 writers at this bound reach; up to there the sum is exact."""
+
+Seq = Annotated[int, Meta(ge=1, le=MAX_SEQ)]
 
 MemoryKind = Literal["episodic", "semantic", "procedural"]
 DocKind = Literal["memory", "bead", "embedding_ref", "metadata"]
@@ -89,7 +109,7 @@ class MemoryPatch(
     evidence: tuple[Annotated[str, Meta(min_length=1)], ...] = ()
     related_memories: tuple[DocId, ...] = ()
     parent_memories: tuple[DocId, ...] = ()
-    access: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    access: Annotated[int, Meta(ge=1, le=MAX_ACCESS)] | UnsetType = UNSET
     forgotten: bool | UnsetType = UNSET
 
 
@@ -241,6 +261,8 @@ def decode_op(data: bytes | str | Mapping[str, Any] | Op, *, index: int | None =
         op = _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         raise MalformedOpError(f"invalid op: {exc}", index=index) from None
+    except RecursionError:
+        raise MalformedOpError("op is nested too deeply", index=index) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec reports bad UTF-8 as a DecodeError or a UnicodeDecodeError depending
         # on its version and where the byte is: name the cause ourselves.
@@ -258,8 +280,16 @@ def decode_op(data: bytes | str | Mapping[str, Any] | Op, *, index: int | None =
 def _check_semantics(op: Op, index: int | None) -> None:
     """Rules the schema alone cannot express."""
     wall, counter = op.hlc
-    if wall < 0 or counter < 0:
-        raise MalformedOpError("hlc components must be non-negative", index=index)
+    if not 0 <= wall <= MAX_WALL_MS:
+        raise MalformedOpError(
+            f"hlc wall time must be in 0..{MAX_WALL_MS} ms (MAX_WALL_MS), got {wall}",
+            index=index,
+        )
+    if not 0 <= counter <= MAX_COUNTER:
+        raise MalformedOpError(
+            f"hlc counter must be in 0..{MAX_COUNTER} (MAX_COUNTER), got {counter}",
+            index=index,
+        )
     if len(op.parents) != len(set(op.parents)):
         raise MalformedOpError("parents must not repeat", index=index)
     if not op.sig:
@@ -376,6 +406,10 @@ class OpAuthor:
         self.last_seq = last_seq
 
     def make(self, doc: str, patch: Patch, parents: Iterable[str] = ()) -> Op:
+        if self.last_seq >= MAX_SEQ:
+            raise ClockExhaustedError(
+                f"writer {self.writer!r} has used every sequence number up to {MAX_SEQ}"
+            )
         unsigned = Op(
             doc=doc,
             writer=self.writer,

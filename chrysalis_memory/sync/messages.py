@@ -40,7 +40,11 @@ MAX_VECTOR_DIMENSIONS: Final = 65_536
 MAX_VERSIONS: Final = 16
 MAX_REASON_CHARS: Final = 1024
 MAX_ERROR_CHARS: Final = 4096
-MAX_ID: Final = (1 << 63) - 1
+MAX_ID: Final = (1 << 53) - 1
+"""Largest log position, cursor, request or batch id, and count a frame may carry
+(2^53 - 1). Positions count the ops of a hub's log, ids count one connection's
+requests: none comes near it. Below it, ``+ 1`` still fits SQLite's 64-bit
+INTEGER and every value is exact as a JSON double, whatever reads the frame."""
 
 ErrorCode = Literal[
     "bad_message",

@@ -285,7 +285,7 @@ MALFORMED = {
     "seq is a string": (_set("seq", "one"), _at("seq")),
     "seq is zero": (_set("seq", 0), _at("seq")),
     "hlc is a number": (_set("hlc", 5), _at("hlc")),
-    "negative hlc": (_set("hlc", [-1, 0]), "hlc components must be non-negative"),
+    "negative hlc": (_set("hlc", [-1, 0]), "hlc wall time must be in 0"),
     "content is a number": (_set("patch.content", 3), _at("content")),
     "content is empty": (_set("patch.content", ""), _at("content")),
     "tags are a string": (_set("patch.tags_add", "abc"), _at("tags_add")),

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chrysalis_memory.crdt import HLC
+from chrysalis_memory.crdt.hlc import MAX_COUNTER
 from chrysalis_memory.gossip import wire
 from chrysalis_memory.gossip.messages import (
     Ack,
@@ -27,9 +29,9 @@ from chrysalis_memory.gossip.messages import (
     Want,
 )
 from chrysalis_memory.gossip.summary import BUCKETS, Summary
-from chrysalis_memory.model.ops import MemoryPatch
-from chrysalis_memory.sync.messages import SyncProtocolError
-from tests.sync.helpers import make_ops
+from chrysalis_memory.model.ops import MAX_ACCESS, MAX_SEQ, MemoryPatch
+from chrysalis_memory.sync.messages import MAX_ID, SyncProtocolError
+from tests.sync.helpers import make_ops, signer_for
 
 SENDER = "agent-a"
 ADDR = "ws://127.0.0.1:7400"
@@ -342,3 +344,77 @@ def test_valid_frames_with_one_field_changed_only_raise_protocol_error(
     else:
         target[name] = data.draw(json_values)
     decodes_or_refuses(json.dumps(frame, separators=(",", ":")))
+
+
+# --- every number has a range ------------------------------------------------------------
+
+NUMBER_FIELDS: dict[str, Any] = {
+    # name: a frame carrying the number n
+    "probe": lambda n: frame_of({"type": "ping", "probe": n}),
+    "session": lambda n: frame_of({"type": "want", "session": n, "want": {}}),
+    "incarnation": lambda n: frame_of(
+        {"type": "ack", "probe": 1, "members": [["agent-b", ADDR, "alive", n]]}
+    ),
+    "first of a wanted interval": lambda n: frame_of(
+        {"type": "want", "session": 1, "want": {"agent-a": [[n, n]]}}
+    ),
+    "last of an interval held": lambda n: frame_of(
+        {"type": "entries", "session": 1, "buckets": [0], "entries": {"agent-a": [[1, n]]}}
+    ),
+    "seq of a pushed op": lambda n: frame_of({"type": "push", "ops": [forged_op(seq=n)]}),
+    "hlc counter of a pushed op": lambda n: frame_of(
+        {"type": "push", "ops": [forged_op(hlc=[1_700_000_000_000, n])]}
+    ),
+    "access count of a pushed op": lambda n: frame_of(
+        {"type": "push", "ops": [forged_op(patch=MemoryPatch(access=n))]}
+    ),
+}
+BOUND = {
+    "probe": MAX_ID,
+    "session": MAX_ID,
+    "incarnation": MAX_ID,
+    "first of a wanted interval": MAX_SEQ,
+    "last of an interval held": MAX_SEQ,
+    "seq of a pushed op": MAX_SEQ,
+    "hlc counter of a pushed op": MAX_COUNTER,
+    "access count of a pushed op": MAX_ACCESS,
+}
+
+
+def forged_op(
+    *, seq: int = 1, hlc: list[int] | None = None, patch: MemoryPatch | None = None
+) -> Any:
+    """A validly signed op of agent-a carrying any numbers (signing checks no range)."""
+    unsigned = msgspec.structs.replace(
+        OPS[0],
+        seq=seq,
+        hlc=HLC(*(hlc or OPS[0].hlc)),
+        patch=patch or OPS[0].patch,
+        sig="",
+    )
+    return op_json(msgspec.structs.replace(unsigned, sig=signer_for(SENDER).sign(unsigned.encoded)))
+
+
+@pytest.mark.parametrize("field", sorted(NUMBER_FIELDS))
+def test_every_number_in_a_frame_has_a_range(field: str) -> None:
+    build, bound = NUMBER_FIELDS[field], BOUND[field]
+
+    @FUZZ
+    @given(
+        inside=st.integers(1, bound) | st.sampled_from([1, bound]),
+        outside=st.integers(bound + 1, 1 << 200)
+        | st.sampled_from([bound + 1, (1 << 63) - 1, 1 << 63, 1 << 64]),
+    )
+    def check(inside: int, outside: int) -> None:
+        wire.decode(build(inside))
+        with pytest.raises(SyncProtocolError) as caught:
+            wire.decode(build(outside))
+        assert caught.value.code == "bad_message"
+
+    check()
+
+
+def test_the_push_that_crashed_a_handler_is_refused_by_the_codec() -> None:
+    # Issue 13: a push with seq = 2^63 raised in the gossip handler (SQLite overflow).
+    with pytest.raises(SyncProtocolError, match="seq"):
+        wire.decode(frame_of({"type": "push", "ops": [forged_op(seq=1 << 63)]}))
