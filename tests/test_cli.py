@@ -189,6 +189,20 @@ def test_demo_then_status_and_verify(tmp_path: Path) -> None:
     assert int(back[1]) >= 2  # at least the two memories learned while it was away
     assert back[2] == left[1] and int(back[3]) > int(left[1])
     assert "demo-gamma asks 'When does the on-call rotation change?'" in out
+    # The agents' tables show settled figures: every connected agent holds what the
+    # hub holds; only demo-gamma, while offline, differs, and says so.
+    rows = re.findall(
+        r"^   (demo-\w+) +(connected|offline) .*\( *(\d+) written, +(\d+) received, (\d+) to "
+        r"push\) .* root [0-9a-f]{12} \(([a-z: ]+)\)$",
+        out,
+        flags=re.MULTILINE,
+    )
+    assert len(rows) == 15, out  # five tables of three agents
+    assert {(c, note) for _, c, *_, note in rows} == {
+        ("connected", "same as the hub"),
+        ("offline", "differs: offline"),
+    }
+    assert [agent for agent, c, *_ in rows if c == "offline"] == ["demo-gamma"]
     # Concurrent edits converge.
     merged = re.findall(r"^   (demo-\w+) +content=(.*)$", out, flags=re.MULTILINE)
     assert [agent for agent, _ in merged] == ["demo-alpha", "demo-beta", "demo-gamma"]
@@ -235,10 +249,12 @@ def test_demo_then_status_and_verify(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_in_a_terminal_shows_a_live_view(tmp_path: Path) -> None:
     # FORCE_COLOR makes rich treat the pipe as a terminal: the live table runs.
-    demo = run("demo", "--data-dir", str(tmp_path), "--pause", "0", FORCE_COLOR="1")
+    demo = run("demo", "--data-dir", str(tmp_path), "--pause", "0", FORCE_COLOR="1", COLUMNS="80")
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Chrysalis demo: live" in demo.stdout
     assert "\x1b[" in demo.stdout
+    assert "…" not in demo.stdout  # the live table fits 80 columns: no header cut short
+    assert "[/]" not in demo.stdout  # and its colours are colours, never markup text
     assert "state roots: identical on the hub and all three agents" in demo.stdout
 
 

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, Literal, cast
 
 import typer
+from rich import box
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from chrysalis_memory.errors import ChrysalisError
 
@@ -83,14 +85,23 @@ class DemoFailed(ChrysalisError):
 
 @dataclasses.dataclass
 class Row:
+    """One agent, as its store has it (figures that settle, not session counters)."""
+
     agent: str
     connection: str
     memories: int
     ops: int
+    written: int  # ops it wrote itself; the rest it received
+    to_push: int  # of those, not yet acknowledged by the hub
     cursor: int | None
-    pushed: int
-    pulled: int
     root: str
+
+    def root_note(self, hub_root: str) -> str:
+        if self.root == hub_root:
+            return "same as the hub"
+        if self.connection in ("offline", "no hub"):
+            return "differs: offline"
+        return "differs: syncing"
 
 
 class View:
@@ -103,6 +114,7 @@ class View:
         self.pause_s = pause_s
         self.rows: dict[str, Row] = {}
         self.hub_head = 0
+        self.hub_root = ""
         self._live: Live | None = None
 
     @contextlib.contextmanager
@@ -144,43 +156,57 @@ class View:
         rows: dict[str, Row] = {}
         for name, agent in agents.items():
             if agent is None or not agent.is_open:
-                old = self.rows.get(name) or Row(name, "", 0, 0, None, 0, 0, "")
+                old = self.rows.get(name) or Row(name, "", 0, 0, 0, 0, None, "")
                 rows[name] = dataclasses.replace(old, connection="offline")
                 continue
             counts = await agent.store.counts()
             state = agent.sync_state()
             rows[name] = Row(
                 name,
-                state.connection if state else "offline, no hub",
+                state.connection if state else "no hub",
                 counts["memories_live"],
                 counts["ops"],
+                await agent.store.last_seq(name),  # its own ops are numbered 1, 2, ...
+                counts["ops_pending"] + counts["ops_retry"],
                 state.cursor if state else None,
-                state.pushed if state else 0,
-                state.pulled if state else 0,
-                (await agent.state_root())[:12],
+                await agent.state_root(),
             )
+        hub_root = await hub.store.state_root()
         # One assignment: the live view renders from another thread.
-        self.rows, self.hub_head = rows, hub.head
+        self.rows, self.hub_head, self.hub_root = rows, hub.head, hub_root
 
     def render(self) -> RenderableType:
-        table = Table(title=f"hub log: {self.hub_head} ops", title_justify="left")
+        # Fits 80 columns: a column too narrow for its header would be cut to "con…".
+        # Cells are Text, not markup: rich redraws this while say() prints with
+        # markup=False, and a markup string would then show as "[red]offline[/]".
+        table = Table(
+            title=f"hub: {self.hub_head} ops in its log, state root {self.hub_root[:12]}",
+            title_justify="left",
+            caption=Text.from_markup(
+                "state root: [green]green[/] = the hub's, [yellow]yellow[/] = still syncing, "
+                "[red]red[/] = offline"
+            ),
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+        )
         table.add_column("agent", no_wrap=True)
-        table.add_column("connection")
-        for column in ("memories", "ops", "cursor", "pushed", "pulled"):
-            table.add_column(column, justify="right")
+        table.add_column("connection", no_wrap=True)
+        for column in ("memories", "ops", "to push", "cursor"):
+            table.add_column(column, justify="right", no_wrap=True)
         table.add_column("state root", no_wrap=True)
         colours = {"connected": "green", "offline": "red"}
+        roots = {"same as the hub": "green", "differs: offline": "red"}
         for row in self.rows.values():
-            colour = colours.get(row.connection, "yellow")
             table.add_row(
                 row.agent,
-                f"[{colour}]{row.connection}[/]",
+                Text(row.connection, style=colours.get(row.connection, "yellow")),
                 str(row.memories),
                 str(row.ops),
+                str(row.to_push),
                 "" if row.cursor is None else str(row.cursor),
-                str(row.pushed),
-                str(row.pulled),
-                row.root,
+                Text(row.root[:12], style=roots.get(row.root_note(self.hub_root), "yellow")),
             )
         return Panel(table, title="Chrysalis demo: live", border_style="blue", expand=False)
 
@@ -188,12 +214,13 @@ class View:
         """The agents' table, now (as plain lines when not in a terminal)."""
         if self.live_mode:
             return  # the live view shows it all the time
-        self.say(f"   hub log: {self.hub_head} ops")
+        self.say(f"   hub: {self.hub_head} ops in its log, state root {self.hub_root[:12]}")
         for r in self.rows.values():
             cursor = "-" if r.cursor is None else str(r.cursor)
             self.say(
-                f"   {r.agent:<11} {r.connection:<15} memories {r.memories:>2}  ops {r.ops:>3}  "
-                f"cursor {cursor:>3}  pushed {r.pushed:>3}  pulled {r.pulled:>3}  root {r.root}"
+                f"   {r.agent:<11} {r.connection:<15} memories {r.memories:>2}  ops {r.ops:>3} "
+                f"({r.written:>2} written, {r.ops - r.written:>2} received, {r.to_push} to push)  "
+                f"cursor {cursor:>3}  root {r.root[:12]} ({r.root_note(self.hub_root)})"
             )
 
     def show_memory(self, title: str, docs: dict[str, MemoryDocument]) -> None:
@@ -314,6 +341,7 @@ class Demo:
             agent = await self.open_agent(name)
             await agent.sync_now(timeout=10)
             view.say(f"{name} connected with its own token (its key is pinned by the hub)")
+        await self._converge(hub)
         await self.refresh()
         view.show_table()
         await view.pause()
@@ -333,6 +361,7 @@ class Demo:
             f"{(time.monotonic() - start) * 1000:.0f} ms after the first was learned",
             "green",
         )
+        await self._converge(hub)  # the figures below are settled ones, not mid-sync
         await self.refresh()
         view.show_table()
         await view.pause()
@@ -358,6 +387,7 @@ class Demo:
         view.say(f"demo-gamma, with no hub at all, still works: learned: {GAMMA_OFFLINE}", "cyan")
         await self.refresh()
         await offline.close()
+        await self._converge(hub)  # the two online agents and the hub
         await self.refresh()
         view.show_table()
         await view.pause()
@@ -380,6 +410,7 @@ class Demo:
         )
         await self._recall("demo-gamma", *CATCH_UP_QUESTIONS[0])
         await self._recall("demo-beta", *CATCH_UP_QUESTIONS[1])
+        await self._converge(hub)  # the others receive what demo-gamma pushed
         await self.refresh()
         view.show_table()
         await view.pause()
@@ -399,7 +430,9 @@ class Demo:
             "demo-alpha and demo-beta rewrote the content, demo-beta removed the tag 'geo', "
             "demo-gamma added 'europe', demo-alpha raised the importance, each read it once"
         )
-        roots = await self._converge(hub)
+        took = await self._converge(hub)
+        self.view.say(f"synced: converged {took * 1000:.0f} ms after the edits")
+        roots = await hub.store.state_root()
         docs: dict[str, MemoryDocument] = {}
         for agent in self.online():
             doc = await agent.get(paris.id)
@@ -447,8 +480,10 @@ class Demo:
             "magenta",
         )
 
-    async def _converge(self, hub: Hub) -> str:
-        """Sync everyone until the hub and every agent hold the same ops."""
+    async def _converge(self, hub: Hub) -> float:
+        """Sync the agents online until they and the hub hold the same ops (so that
+        what is shown next is settled, not a moment mid-sync); returns the seconds
+        it took."""
         agents = self.online()
 
         async def same() -> bool:
@@ -458,9 +493,7 @@ class Demo:
             roots.add(await hub.store.state_root())
             return len(roots) == 1
 
-        took = await until(same, "convergence")
-        self.view.say(f"synced: converged {took * 1000:.0f} ms after the edits")
-        return await hub.store.state_root()
+        return await until(same, "convergence")
 
 
 def _previous_run(data_dir: Path) -> list[Path]:
