@@ -235,6 +235,7 @@ def test_demo_then_status_and_verify(tmp_path: Path) -> None:
     reindexed = run("reindex", "--data-dir", str(tmp_path), "--agent-id", "demo-beta", **offline)
     assert reindexed.returncode == 0, reindexed.stderr
     assert "reindexed demo-beta" in reindexed.stdout
+    assert re.search(r"^indexing demo-beta: \d+/\d+ ops$", reindexed.stderr, re.MULTILINE)
     assert "chrysalis-hashing-v1-2048" in reindexed.stdout
     again = json.loads(run("status", "--data-dir", str(tmp_path), "--json", **offline).stdout)
     assert "chrysalis-hashing-v1-2048" in again["embedder"]
