@@ -25,7 +25,9 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
+from chrysalis_memory import validation as check
 from chrysalis_memory.errors import ConfigError
 from chrysalis_memory.model.ops import AGENT_ID_PATTERN
 
@@ -43,6 +45,12 @@ class _EnvConfig(BaseModel):
     env_prefix: ClassVar[str] = "CHRYSALIS_"
     env_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     """Extra variable names per field (first one set wins, after the prefixed name)."""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(type(self).__name__, exc) from None
 
     @classmethod
     def env_names(cls, field: str) -> tuple[str, ...]:
@@ -69,11 +77,14 @@ class _EnvConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
-                for e in exc.errors()
-            )
-            raise ConfigError(f"invalid {cls.__name__}: {problems}") from None
+            raise _config_error(cls.__name__, exc) from None
+
+
+def _config_error(model: str, exc: ValidationError) -> ConfigError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+    )
+    return ConfigError(f"invalid {model}: {problems}")
 
 
 MAX_CLOCK_SKEW_S: Final = 600.0
@@ -241,7 +252,7 @@ class AgentMemoryConfig(_EnvConfig):
     # identity
     agent_id: str = Field(
         default="local-agent",
-        pattern=AGENT_ID_PATTERN,
+        json_schema_extra={"pattern": AGENT_ID_PATTERN},  # checked by _check_agent_id
         description="This agent's id: letters, digits and . _ : @ -, at most 128 characters.",
     )
     agent_name: str | None = Field(default=None, description="Display name; defaults to agent_id.")
@@ -322,6 +333,14 @@ class AgentMemoryConfig(_EnvConfig):
     gossip: GossipConfig = Field(
         default_factory=GossipConfig, description="Peer-to-peer settings (below)."
     )
+
+    @field_validator("agent_id")
+    @classmethod
+    def _check_agent_id(cls, value: str) -> str:
+        problem = check.agent_id_problem(value)
+        if problem is not None:  # said in words, not as the pattern
+            raise PydanticCustomError("agent_id", "{problem}", {"problem": problem})
+        return value
 
     @field_validator("hub_url")
     @classmethod

@@ -7,6 +7,8 @@ before any op is minted, so a rejected call never changes what is stored.
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final, cast
@@ -15,7 +17,7 @@ import msgspec
 
 from chrysalis_memory.errors import InvalidArgumentError
 from chrysalis_memory.model.document import MemoryType
-from chrysalis_memory.model.ops import MemoryKind
+from chrysalis_memory.model.ops import AGENT_ID_PATTERN, MemoryKind
 
 MAX_CONTENT_BYTES: Final = 512 * 1024
 """Content above this belongs in a document store; its summary belongs here."""
@@ -25,6 +27,32 @@ MAX_EVIDENCE_CHARS: Final = 8192
 MAX_METADATA_BYTES: Final = 64 * 1024
 
 _MEMORY_TYPES: Final = ", ".join(t.value for t in MemoryType)
+
+MAX_AGENT_ID_CHARS: Final = 128
+AGENT_ID_RULE: Final = (
+    f"1 to {MAX_AGENT_ID_CHARS} characters: ASCII letters, digits and . _ : @ -, "
+    "starting with a letter or digit (e.g. agent-001)"
+)
+"""What ``AGENT_ID_PATTERN`` allows, in words (for messages)."""
+_AGENT_ID_START: Final = frozenset(string.ascii_letters + string.digits)
+_AGENT_ID_CHARS: Final = _AGENT_ID_START | frozenset("._:@-")
+
+
+def agent_id_problem(value: str) -> str | None:
+    """None if ``value`` is a valid agent id, else what is wrong with it, in words:
+    "'a b' is not a valid agent id: it contains ' '. An agent id is 1 to 128 ..."."""
+    if re.fullmatch(AGENT_ID_PATTERN, value):
+        return None
+    shown = repr(value if len(value) <= 60 else value[:60] + "…")
+    if not value:
+        problem = "is empty"
+    elif len(value) > MAX_AGENT_ID_CHARS:
+        problem = f"is {len(value)} characters long"
+    elif bad := sorted(set(value) - _AGENT_ID_CHARS, key=value.index):
+        problem = "contains " + ", ".join(map(repr, bad[:5]))
+    else:
+        problem = f"starts with {value[0]!r}"
+    return f"{shown} is not a valid agent id: it {problem}. An agent id is {AGENT_ID_RULE}"
 
 
 def unit_interval(name: str, value: object) -> float:

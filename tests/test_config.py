@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,46 @@ def test_keyword_overrides_beat_the_environment() -> None:
 def test_bad_configuration_raises_config_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         AgentMemoryConfig.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "problem"),
+    [
+        ("has spaces", "contains ' '"),
+        ("", "is empty"),
+        ("-leading-dash", "starts with '-'"),
+        ("a" * 129, "is 129 characters long"),
+        ("agent/001", "contains '/'"),
+        ("agent-001\n", "contains '\\n'"),
+        ("agént", "contains 'é'"),
+    ],
+)
+def test_a_bad_agent_id_is_explained_in_words(agent_id: str, problem: str) -> None:
+    from_env = functools.partial(AgentMemoryConfig.from_env, {"CHRYSALIS_AGENT_ID": agent_id})
+    from_keyword = functools.partial(AgentMemoryConfig, agent_id=agent_id)
+    for source, build in (("environment", from_env), ("keyword", from_keyword)):
+        with pytest.raises(ConfigError) as raised:
+            build()
+        message = str(raised.value)
+        assert problem in message, source  # what is wrong with this one
+        assert "letters, digits and . _ : @ -" in message, source  # and what is allowed
+        assert "starting with a letter or digit" in message, source
+        assert "pattern" not in message and "[A-Za-z" not in message, source  # not a regex
+
+
+def test_the_constructors_raise_config_error_too() -> None:
+    # Not pydantic's ValidationError: every documented way in raises a ChrysalisError.
+    with pytest.raises(ConfigError, match="promotion_threshold"):
+        AgentMemoryConfig(promotion_threshold=1.5)
+    with pytest.raises(ConfigError, match="fanout"):
+        GossipConfig(fanout=0)
+    with pytest.raises(ConfigError, match="websocket_port"):
+        HubConfig(websocket_port=-1)
+
+
+@pytest.mark.parametrize("agent_id", ["a", "agent-001", "Z" * 128, "ops@host:2.local_1"])
+def test_good_agent_ids_are_accepted(agent_id: str) -> None:
+    assert AgentMemoryConfig(agent_id=agent_id).agent_id == agent_id
 
 
 def test_unknown_fields_are_rejected() -> None:
