@@ -14,16 +14,34 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class SyncStatus(str, Enum):
-    """Where a write stands on its way to the collective (spec §2.4)."""
+    """Where this replica's writes to a memory stand on their way to the hub (spec §2.4).
+
+    It is this replica's bookkeeping, not part of the memory: it is not
+    replicated, and replicas of one memory may show different statuses. A
+    memory's status is that of its least synced op here:
+
+    * ``local``: short-term (importance below ``promotion_threshold``), kept on
+      this agent only; it becomes ``pending`` when the memory is promoted.
+    * ``pending``: shared, and waiting for the hub to acknowledge it. With no
+      hub configured (no ``hub_url``) that is what it waits for: it stays
+      ``pending``, and is pushed, with nothing else to do, once the agent is
+      opened with a ``hub_url`` and ``hub_token``. Gossip does not change it.
+    * ``retry``: a push failed or the hub refused it; pushed again later.
+    * ``synced``: nothing left for this replica to push: the hub acknowledged
+      its ops, or they are other agents' ops received from the hub or by
+      gossip (their writers push them).
+
+    docs/concepts.md ("Sync status") has the details.
+    """
 
     LOCAL = "local"
     """Short-term: kept on this agent only (below the promotion threshold)."""
     PENDING = "pending"
-    """Queued for the hub."""
+    """Shared, waiting for the hub to acknowledge it (or for a hub to be configured)."""
     RETRY = "retry"
-    """A push failed; it will be retried with backoff."""
+    """A push failed or was refused; it will be retried with backoff."""
     SYNCED = "synced"
-    """Acknowledged by the hub."""
+    """Nothing left to push from here: acknowledged by the hub, or another agent's op."""
 
 
 class MemoryType(str, Enum):
@@ -65,7 +83,11 @@ class MemoryDocument(BaseModel):
     created_at: float = Field(description="Unix time of the winning creation.")
     updated_at: float = Field(description="Unix time of the latest op.")
     version: int = Field(ge=0, description="Number of distinct ops folded into it.")
-    sync_status: SyncStatus = SyncStatus.PENDING
+    sync_status: SyncStatus = Field(
+        default=SyncStatus.PENDING,
+        description="This replica's push state (see SyncStatus): pending means waiting for "
+        "the hub, or for a hub_url to be configured.",
+    )
     related_memories: list[str] = Field(default_factory=list)
     parent_memories: list[str] = Field(default_factory=list)
     evidence: list[str] = Field(default_factory=list)
