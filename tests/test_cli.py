@@ -114,6 +114,21 @@ def test_top_level_help_lists_the_commands() -> None:
         assert name in result.stdout
 
 
+def test_token_list_reads_well_at_80_columns(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    empty = run("token", "list", "--tokens-file", str(tokens), COLUMNS="80")
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert "no agent tokens in" in empty.stderr and "chrysalis token create" in empty.stderr
+    for agent in ("agent-one", "agent-two"):
+        assert run("token", "create", agent, "--tokens-file", str(tokens)).returncode == 0
+    assert run("token", "revoke", "agent-two", "--tokens-file", str(tokens)).returncode == 0
+    table = run("token", "list", "--tokens-file", str(tokens), COLUMNS="80").stdout
+    assert max(len(line) for line in table.splitlines()) <= 80
+    assert "…" not in table  # no column cut short (status vanished at 80 columns)
+    assert "agent-one" in table and "active" in table
+    assert "agent-two" in table and "revoked" in table
+
+
 def test_plain_progress_prints_a_line_every_so_often() -> None:
     from io import StringIO
 

@@ -99,11 +99,18 @@ def list_tokens(
             )
         )
         return
+    if not records:
+        err_console.print(
+            f"no agent tokens in {tokens_file} yet: create one with "
+            f"`chrysalis token create AGENT_ID --tokens-file {tokens_file}`",
+            highlight=False,
+        )
+        return
     table = Table(title=f"Agent tokens in {tokens_file}")
     table.add_column("agent", no_wrap=True)
     table.add_column("created (UTC)", no_wrap=True)
-    table.add_column("status")
-    table.add_column("public key", no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=7)  # at 80 columns it vanished
+    table.add_column("public key", overflow="fold")  # on two lines, rather than cut short
     for r in records:
         created = datetime.fromtimestamp(r.created_ms / 1000, tz=timezone.utc)
         table.add_row(
