@@ -40,7 +40,7 @@ EMBEDDING_ID_PREFIX: Final = "emb:"
 embedding id can never name the same document."""
 
 CID_PATTERN: Final = r"^[0-9a-f]{64}$"
-AGENT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+AGENT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z"
 
 Cid = Annotated[str, Meta(pattern=CID_PATTERN)]
 AgentId = Annotated[str, Meta(pattern=AGENT_ID_PATTERN)]

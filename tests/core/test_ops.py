@@ -306,6 +306,7 @@ MALFORMED = {
     "signature too short": (_set("sig", "abc"), _at("sig")),
     "bad key": (_set("key", "not a key"), _at("key")),
     "bad writer id": (_set("writer", "no spaces please"), _at("writer")),
+    "writer id ending in a new line": (_set("writer", "agent-a\n"), _at("writer")),
     "empty doc id": (_set("doc", ""), _at("doc")),
     "bad parent cid": (_set("parents", ["abc"]), _at("parents")),
     "repeated parent": (_set("parents", ["a" * 64, "a" * 64]), "parents must not repeat"),
