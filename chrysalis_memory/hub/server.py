@@ -158,6 +158,8 @@ class Hub:
         self._buckets: dict[str, TokenBucket] = {}
         self._commit = asyncio.Lock()  # log numbering and broadcast order
         self._saver: asyncio.Task[None] | None = None
+        self._faults: dict[str, str] = {}
+        """What has failed and not worked again since, by part (for /health)."""
         self._started = 0.0
         self._gossip: dict[str, tuple[str, float]] = {}  # agent → (gossip URL, announced at)
 
@@ -266,18 +268,23 @@ class Hub:
         self._servers.clear()
         if self._saver is not None:
             self._saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._saver
             self._saver = None
         if self._recall is not None:
             await self._recall.close()
             self._recall = None
         if self._store is not None:
+            # Bookkeeping: what cannot be saved now is logged, and stopping goes on.
             if self.hub_id:
-                with contextlib.suppress(OSError):
+                try:
                     self._save_watermark()
-            with contextlib.suppress(ChrysalisError):
+                except OSError as error:
+                    log.warning("could not save %s while stopping: %s", WATERMARK_FILE, error)
+            try:
                 await self._store.set_meta({REGISTRY_KEY: self.registry.dump()})
+            except ChrysalisError as error:
+                log.warning("could not save the agent registry while stopping: %s", error)
             await self._store.close()
             self._store = None
         self._verifier.close()
@@ -343,13 +350,47 @@ class Hub:
     async def _save_registry_often(self) -> None:
         while True:
             await asyncio.sleep(_SAVE_EVERY_S)
-            self._save_watermark()
+            try:
+                await self._housekeeping()
+            except Exception:  # a bug: logged, and the next round runs all the same
+                log.exception("hub housekeeping failed")
+
+    async def _housekeeping(self) -> None:
+        """Once a second: end the sessions of revoked tokens, save ``hub.state`` and
+        the registry. A step that fails (a full disk, a damaged token file) is logged
+        when it starts and stops failing, shown by ``/health``, and tried again the
+        next second; it never stops the other steps, nor the next round."""
+        try:
             self._end_revoked_sessions()
-            if self.registry.dirty:
-                try:
-                    await self.store.set_meta({REGISTRY_KEY: self.registry.dump()})
-                except ChrysalisError as error:  # bookkeeping only: retried next time
-                    log.warning("could not save the agent registry: %s", error)
+        except ChrysalisError as error:
+            self._fault("tokens", f"cannot check for revoked tokens: {error}")
+        else:
+            self._recovered("tokens")
+        try:
+            self._save_watermark()
+        except OSError as error:
+            path = self.config.data_dir / WATERMARK_FILE
+            self._fault("state", f"cannot save {path}: {error.strerror or error}")
+        else:
+            self._recovered("state")
+        if self.registry.dirty:
+            try:
+                await self.store.set_meta({REGISTRY_KEY: self.registry.dump()})
+            except ChrysalisError as error:  # bookkeeping only: retried next time
+                self.registry.dirty = True
+                self._fault("registry", f"cannot save the agent registry: {error}")
+            else:
+                self._recovered("registry")
+
+    def _fault(self, part: str, problem: str) -> None:
+        """``part`` of the hub failed: logged once (until it changes), shown by /health."""
+        if self._faults.get(part) != problem:
+            log.error("%s", problem)
+        self._faults[part] = problem
+
+    def _recovered(self, part: str) -> None:
+        if self._faults.pop(part, None) is not None:
+            log.warning("hub %s: working again", part)
 
     # --- the handshake and HTTP ------------------------------------------------------
 
@@ -390,8 +431,12 @@ class Hub:
     def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = request.path.split("?", 1)[0]
         if path == "/health":
-            body = json.dumps(self.health()).encode()
-            return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
+            health = self.health()
+            body = json.dumps(health).encode()
+            status = HTTPStatus.OK if health["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+            return Response(
+                status.value, status.phrase, Headers({"Content-Type": "application/json"}), body
+            )
         if path == "/metrics":
             return Response(
                 200,
@@ -444,8 +489,11 @@ class Hub:
         await connection.close()
 
     def health(self) -> dict[str, Any]:
+        """``status`` is ``degraded`` while a part of the hub is failing (its store, its
+        state file, its token file), and ``problems`` says what; else ``ok``."""
         return {
-            "status": "ok",
+            "status": "degraded" if self._faults else "ok",
+            "problems": [self._faults[part] for part in sorted(self._faults)],
             "hub_id": self.hub_id,
             "ops": self.head,
             "connections": len(self._sessions),
@@ -524,15 +572,20 @@ class Hub:
         rejected: dict[str, str] = {}
         async with self._commit:
             try:
-                new = await store.ingest(ops, SyncStatus.SYNCED)
-            except InvalidOpError:
-                # One bad op (an equivocation, say) must not sink the others: one by one.
-                new = []
-                for op in ops:
-                    try:
-                        new += await store.ingest([op], SyncStatus.SYNCED)
-                    except InvalidOpError as error:
-                        rejected[op.cid] = f"{_reason(error)}: {error}"
+                try:
+                    new = await store.ingest(ops, SyncStatus.SYNCED)
+                except InvalidOpError:
+                    # One bad op (an equivocation, say) must not sink the others: one by one.
+                    new = []
+                    for op in ops:
+                        try:
+                            new += await store.ingest([op], SyncStatus.SYNCED)
+                        except InvalidOpError as error:
+                            rejected[op.cid] = f"{_reason(error)}: {error}"
+            except StoreError as error:  # the disk is full, the database damaged, ...
+                self._fault("storing", f"cannot store ops: {error}")
+                raise
+            self._recovered("storing")
             if not new:
                 return rejected
             after, self.head = self.head, self.head + len(new)
@@ -554,17 +607,22 @@ class Hub:
         ops: list[Op] = []
         cursor = after
         if after < head:
-            async for seqno, op, _ in self.store.iter_ops(after=after, batch=limit):
-                size = len(op.encoded) + 1
-                if ops and size > budget:
-                    break
-                if seqno > head:  # stored, but its relay is still on its way
-                    break
-                ops.append(op)
-                budget -= size
-                cursor = seqno
-                if len(ops) >= limit:
-                    break
+            try:
+                async for seqno, op, _ in self.store.iter_ops(after=after, batch=limit):
+                    size = len(op.encoded) + 1
+                    if ops and size > budget:
+                        break
+                    if seqno > head:  # stored, but its relay is still on its way
+                        break
+                    ops.append(op)
+                    budget -= size
+                    cursor = seqno
+                    if len(ops) >= limit:
+                        break
+            except (InvalidOpError, ValueError) as error:  # a row that no longer decodes
+                problem = f"the hub's log is damaged after op {cursor}: {error}"
+                self._fault("log", f"{problem} (run `chrysalis verify` on its database)")
+                raise StoreError(problem) from error
         return ops, cursor, cursor < head
 
     async def search(self, request: SearchRequested) -> list[tuple[str, float]]:
@@ -630,6 +688,7 @@ class _Session:
         """The agent holds every op of the log up to here (as far as the hub knows)."""
         self.greeted = False
         self._last: bytes | None = None  # a fatal error to send before closing
+        self._close_code = 1008  # protocol error; 1011 after a failure of the hub
         self._ending: asyncio.Task[None] | None = None
         self._searches: set[asyncio.Task[None]] = set()
 
@@ -646,7 +705,10 @@ class _Session:
                     self._last = self.protocol.error_for(error)
                     break
                 for event in events:
-                    await self._handle(event)
+                    try:
+                        await self._handle(event)
+                    except Exception as error:
+                        self._failed(event, error)
                 if self._last is not None or self.protocol.closed:
                     break
         except ConnectionClosed:
@@ -665,7 +727,8 @@ class _Session:
                 self.outbox.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await asyncio.wait_for(asyncio.shield(writer), timeout=5.0)
-            await self.connection.close(1008, "protocol error")
+            reason = "protocol error" if self._close_code == 1008 else "internal error"
+            await self.connection.close(self._close_code, reason)
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
             await writer
@@ -684,6 +747,13 @@ class _Session:
     async def _send(self, frame: bytes) -> None:
         await self.outbox.put(frame)
 
+    def _queue(self, frame: bytes) -> None:
+        """Queue a frame now; one that does not fit drops the connection."""
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._drop()
+
     async def _handle(self, event: ServerEvent) -> None:
         if isinstance(event, PushReceived):
             await self._push(event)
@@ -701,6 +771,33 @@ class _Session:
             await self._hello(event)
         elif isinstance(event, ClientError):
             log.info("%s reports %s: %s", self.agent, event.code, event.message)
+
+    def _failed(self, event: ServerEvent, error: Exception) -> None:
+        """Handling ``event`` failed inside the hub (its store, a damaged row, a bug):
+        answer the protocol's ``internal`` error instead of dropping the connection.
+
+        A push gets a non-fatal error naming its batch, which the agent pushes again
+        later; a pull or a hello cannot be answered otherwise, so their error is
+        fatal and the session closes (1011): the agent reconnects with backoff.
+        """
+        what = type(event).__name__.removesuffix("Received").removesuffix("Requested").lower()
+        if isinstance(error, ChrysalisError):
+            log.warning("%s: the hub failed to handle a %s: %s", self.agent, what, error)
+            message = f"the hub failed to handle this {what}: {error}"
+        else:
+            log.exception("%s: the hub failed to handle a %s", self.agent, what)
+            message = f"the hub failed to handle this {what} ({type(error).__name__}, logged)"
+        self.hub.metrics.messages_rejected.labels("internal").inc()
+        if self.protocol.closed:
+            return
+        if isinstance(event, PushReceived):
+            frame = self.protocol.error(
+                "internal", f"{message}; push it again later", fatal=False, batch=event.batch
+            )
+            self._queue(frame)
+        else:
+            self._last = self.protocol.error("internal", message, fatal=True)
+            self._close_code = 1011
 
     async def _hello(self, event: HelloReceived) -> None:
         hub = self.hub
