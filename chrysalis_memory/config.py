@@ -211,6 +211,13 @@ class HubConfig(_EnvConfig):
     ping_timeout_s: float = Field(
         default=20.0, gt=0, description="A connection whose pong is this late is closed."
     )
+    max_log_bytes_per_agent: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Bytes of ops one agent may have in the hub's log (1 GiB); further ops "
+        "of that agent are refused with quota_exceeded (its agent keeps them and retries at "
+        "later sessions). 0: no quota.",
+    )
     embedder: EmbedderChoice = Field(
         default="auto",
         description="Embeds remote search queries and memories for the collective index; "

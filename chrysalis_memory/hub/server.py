@@ -156,6 +156,8 @@ class Hub:
         self._connections = 0
         self._per_agent: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._log_bytes: dict[str, int] = {}
+        """Bytes of ops each writer has in the log, for ``max_log_bytes_per_agent``."""
         self._commit = asyncio.Lock()  # log numbering and broadcast order
         self._saver: asyncio.Task[None] | None = None
         self._faults: dict[str, str] = {}
@@ -212,6 +214,7 @@ class Hub:
         store = self._store = OpStore(cfg.db_path)
         await store.open()
         self.head = await store.last_seqno()
+        self._log_bytes = await store.bytes_by_writer()
         self.hub_id = self._identity(await store.meta(HUB_ID_KEY)) or f"hub-{uuid.uuid4().hex[:12]}"
         await store.set_meta({HUB_ID_KEY: self.hub_id})
         self._save_watermark()
@@ -237,6 +240,7 @@ class Hub:
                     cfg.host,
                     cfg.websocket_port,
                     process_request=self._authenticate,
+                    create_connection=type("AgentConnection", (_AgentConnection,), {"hub": self}),
                     max_size=2 * cfg.max_message_bytes,
                     max_queue=64,
                     server_header="chrysalis-hub",
@@ -504,7 +508,10 @@ class Hub:
     # --- sessions ----------------------------------------------------------------------
 
     async def _serve_agent(self, connection: ServerConnection) -> None:
-        agent, token_created_ms = self._authenticated.pop(connection.id)
+        handshake = self._authenticated.pop(connection.id, None)
+        if handshake is None:  # the connection was lost as it opened
+            return
+        agent, token_created_ms = handshake
         session = _Session(self, connection, agent, token_created_ms)
         self._connections += 1
         self._per_agent[agent] = self._per_agent.get(agent, 0) + 1
@@ -567,10 +574,39 @@ class Hub:
         accepted = [op.cid for op in ops if op.cid not in rejected]
         return accepted, rejected
 
+    async def _within_quota(self, ops: list[Op], rejected: dict[str, str]) -> list[Op]:
+        """The ops that fit in their writer's ``max_log_bytes_per_agent``; the others
+        go to ``rejected`` with a reason. Ops the hub holds already cost nothing."""
+        quota = self.config.max_log_bytes_per_agent
+        used = dict(self._log_bytes)
+        if not quota or all(
+            used.get(w, 0) + sum(len(o.encoded) for o in ops if o.writer == w) <= quota
+            for w in {op.writer for op in ops}
+        ):
+            return ops
+        held = await self.store.known_cids([op.cid for op in ops])
+        kept: list[Op] = []
+        for op in ops:
+            size = len(op.encoded)
+            if op.cid not in held:
+                if used.get(op.writer, 0) + size > quota:
+                    rejected[op.cid] = (
+                        f"quota_exceeded: agent {op.writer!r} has {used.get(op.writer, 0)} "
+                        f"bytes of ops in the hub's log, and this op of {size} bytes would "
+                        f"pass its quota of {quota} (max_log_bytes_per_agent)"
+                    )
+                    continue
+                used[op.writer] = used.get(op.writer, 0) + size
+            kept.append(op)
+        return kept
+
     async def _store_and_relay(self, ops: list[Op], origin: _Session | None) -> dict[str, str]:
         store = self.store
         rejected: dict[str, str] = {}
         async with self._commit:
+            ops = await self._within_quota(ops, rejected)
+            if not ops:
+                return rejected
             try:
                 try:
                     new = await store.ingest(ops, SyncStatus.SYNCED)
@@ -590,6 +626,8 @@ class Hub:
                 return rejected
             after, self.head = self.head, self.head + len(new)
             self.registry.stored(new)
+            for op in new:
+                self._log_bytes[op.writer] = self._log_bytes.get(op.writer, 0) + len(op.encoded)
             self.metrics.ops_stored.inc(len(new))
             writers = {op.writer for op in new}
             shared: dict[int | None, bytes] = {}  # one encoding for all who wrote none of it
@@ -662,6 +700,25 @@ def _size(frame: str | bytes) -> int:
 def _reason(error: InvalidOpError) -> str:
     name = type(error).__name__.removesuffix("Error")
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+class _AgentConnection(ServerConnection):
+    """A connection to the agents' port (``hub`` is set per hub). Whatever becomes of
+    its handshake (upgraded, refused, a plain HTTP request with a valid token that
+    websockets answers 426), the hub forgets it when the connection is lost."""
+
+    hub: Hub
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.hub._authenticated.pop(self.id, None)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Done callback of the session's own tasks: a failure is logged, never left as
+    "Task exception was never retrieved"."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("hub task %s failed", task.get_name(), exc_info=error)
 
 
 class _Session:
@@ -764,9 +821,10 @@ class _Session:
             if event.after <= self.covered:
                 self._saw(cursor)
         elif isinstance(event, SearchRequested):
-            task = asyncio.create_task(self._search(event))
+            task = asyncio.create_task(self._search(event), name=f"search for {self.agent}")
             self._searches.add(task)
             task.add_done_callback(self._searches.discard)
+            task.add_done_callback(_retrieve)
         elif isinstance(event, HelloReceived):
             await self._hello(event)
         elif isinstance(event, ClientError):
@@ -832,11 +890,16 @@ class _Session:
     async def _search(self, event: SearchRequested) -> None:
         try:
             hits = await self.hub.search(event)
-            frame = self.protocol.search_result(event.request, hits)
         except ChrysalisError as error:
             log.warning("search for %s failed: %s", self.agent, error)
+            if self.protocol.closed:
+                return
             frame = self.protocol.error("internal", str(error), fatal=False, request=event.request)
-        await self._send(frame)
+        else:
+            if self.protocol.closed:  # the session ended meanwhile: nobody to answer
+                return
+            frame = self.protocol.search_result(event.request, hits)
+        self._queue(frame)
 
     def relay(
         self,
@@ -878,7 +941,8 @@ class _Session:
         frame = self.protocol.error(code, message, fatal=True)
         with contextlib.suppress(asyncio.QueueFull):
             self.outbox.put_nowait(frame)
-        self._ending = asyncio.create_task(self._close_when_sent())
+        self._ending = asyncio.create_task(self._close_when_sent(), name=f"end {self.agent}")
+        self._ending.add_done_callback(_retrieve)
 
     async def _close_when_sent(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

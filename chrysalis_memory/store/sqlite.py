@@ -856,6 +856,15 @@ class OpStore:
                         digest.update("".join(cid for (cid,) in rows).encode("ascii"))
         return digest.hexdigest()
 
+    async def bytes_by_writer(self) -> dict[str, int]:
+        """Bytes of encoded ops each writer has in this log (the hub's quotas)."""
+        async with self._lock:
+            with _translated("counting"):
+                rows = await self.db.execute_fetchall(
+                    "SELECT writer, SUM(LENGTH(body)) FROM ops GROUP BY writer"
+                )
+        return {str(writer): int(total) for writer, total in rows}
+
     async def counts(self) -> dict[str, int]:
         """Sizes for status displays: ops by sync status and documents by visibility."""
         async with self._lock:
