@@ -7,7 +7,12 @@ materialised CRDT state of every document, always equal to a replay of
 ``ops`` (``verify()`` checks it), plus a few columns copied out of the state
 for filtering (``visibility``: 0 while only ops that precede a memory's
 creation have arrived, 1 live, 2 forgotten). ``writers`` pins each writer id
-to the first public key seen for it.
+to the first public key seen for it. ``quarantine`` keeps the ops received from
+the hub that this replica refused (a bad signature, a writer pinned to another
+key, an equivocation, bytes that do not decode), with the reason: the sync
+cursor moves past an op only once it is stored or quarantined, and a
+quarantined op is tried again when its cause may have gone away (the hub
+confirmed new keys), and removed once stored.
 """
 
 from __future__ import annotations
@@ -112,4 +117,19 @@ CREATE TABLE IF NOT EXISTS writers (
     public_key  TEXT NOT NULL,
     pinned_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Ops refused on arrival, kept with the reason (docs/protocol.md, "Refused ops").
+-- ``body`` is the bytes as received (NULL if they were too large to keep), ``cid``
+-- their SHA-256, ``writer`` the writer they claim when that could be read.
+CREATE TABLE IF NOT EXISTS quarantine (
+    cid         TEXT PRIMARY KEY,
+    writer      TEXT,
+    body        BLOB,
+    reason      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    first_ms    INTEGER NOT NULL,
+    last_ms     INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 1
+);
 """

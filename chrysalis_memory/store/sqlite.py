@@ -41,11 +41,31 @@ from chrysalis_memory.errors import (
     ClosedError,
     EquivocationError,
     ForgedWriterError,
+    InvalidOpError,
+    MalformedOpError,
+    SignatureError,
     StoreError,
 )
 from chrysalis_memory.model.document import SyncStatus
-from chrysalis_memory.model.ops import Op, decode_op
-from chrysalis_memory.model.state import DocState, MemoryState, decode_state, new_state
+from chrysalis_memory.model.ops import MAX_OP_BYTES, Op
+from chrysalis_memory.model.state import (
+    DocState,
+    MemoryState,
+    check_provenance,
+    decode_state,
+    new_state,
+)
+from chrysalis_memory.store.damage import (
+    OP_ROWS_SQL,
+    SCHEMA_ROWS_SQL,
+    StoreDamage,
+    corrupt_error,
+    damaged_op,
+    is_corruption,
+    op_of_row,
+    row_problem,
+    schema_problem,
+)
 from chrysalis_memory.store.schema import SCHEMA, SCHEMA_VERSION
 
 Durability = Literal["normal", "full"]
@@ -91,12 +111,20 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 
 
 @contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn sqlite3 errors into :class:`StoreError` saying what we were doing."""
+def _translated(action: str, path: Path | None = None) -> Iterator[None]:
+    """Turn sqlite3 errors into :class:`StoreError` saying what we were doing; a
+    :class:`~chrysalis_memory.errors.StoreCorruptError` naming ``path`` when they say
+    the file is damaged."""
     try:
         yield
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        if is_corruption(exc):
+            detail = exc if isinstance(exc, sqlite3.Error) else "text that is not UTF-8"
+            raise corrupt_error(path, f"SQLite cannot read it ({detail}) while {action}") from exc
         raise StoreError(f"local store failed while {action}: {exc}") from exc
+
+
+_STATUS_OF: Final = {status.value.encode(): status for status in SyncStatus}
 
 
 def _op_row(op: Op, status: SyncStatus) -> tuple[Any, ...]:
@@ -163,6 +191,75 @@ _UPSERT_DOC: Final = (
     "updated_ms = excluded.updated_ms, updated_c = excluded.updated_c, tags = excluded.tags, "
     "sync_status = excluded.sync_status"
 )
+
+
+_UPSERT_QUARANTINE: Final = (
+    "INSERT INTO quarantine (cid, writer, body, reason, detail, source, first_ms, last_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid) DO UPDATE SET "
+    "reason = excluded.reason, detail = excluded.detail, last_ms = excluded.last_ms, "
+    "writer = COALESCE(quarantine.writer, excluded.writer), "
+    "body = COALESCE(quarantine.body, excluded.body), attempts = quarantine.attempts + 1"
+)
+_UPSERT_META: Final = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_MAX_DETAIL_CHARS: Final = 1024
+_REASONS: Final[dict[type[InvalidOpError], str]] = {
+    MalformedOpError: "malformed",
+    SignatureError: "bad_signature",
+    ForgedWriterError: "forged_writer",
+    EquivocationError: "equivocation",
+}
+
+
+def refusal_reason(error: InvalidOpError) -> str:
+    """The reason code an op refused with ``error`` is quarantined under:
+    ``malformed``, ``bad_signature``, ``forged_writer``, ``equivocation``, or the
+    error's class name in snake case for any other kind of :class:`InvalidOpError`."""
+    for kind in type(error).__mro__:
+        if kind in _REASONS:
+            return _REASONS[kind]
+        if kind is InvalidOpError:
+            break
+    name = type(error).__name__.removesuffix("Error") or "invalid_op"
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+class Refusal(NamedTuple):
+    """An op this replica refused, as the quarantine keeps it: the bytes received
+    (``None`` if over the size of an op), their CID, the writer they claim (when
+    it could be read), a reason code (:func:`refusal_reason`) and what was wrong."""
+
+    cid: str
+    writer: str | None
+    body: bytes | None
+    reason: str
+    detail: str
+
+    @classmethod
+    def of(cls, op: Op, error: InvalidOpError) -> Refusal:
+        return cls(op.cid, op.writer, op.encoded, refusal_reason(error), str(error))
+
+    @classmethod
+    def undecodable(cls, raw: bytes, detail: str, writer: str | None = None) -> Refusal:
+        cid = hashlib.sha256(raw).hexdigest()
+        return cls(cid, writer, raw if len(raw) <= MAX_OP_BYTES else None, "malformed", detail)
+
+
+class QuarantinedOp(NamedTuple):
+    """One op of the quarantine: refused on arrival, tried again when its cause may
+    have gone away, removed once stored. Times in ms since the epoch."""
+
+    cid: str
+    writer: str | None
+    body: bytes | None
+    reason: str
+    detail: str
+    source: str
+    first_seen_ms: int
+    last_seen_ms: int
+    attempts: int
 
 
 class RankFields(NamedTuple):
@@ -250,9 +347,12 @@ class OpStore:
         self._db: aiosqlite.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._text_rows: int | None = None  # rows in the keyword index, when known
+        self.damage = StoreDamage(path)
+        """The op rows found damaged (at open, or when read since): never served."""
         # Whether each word searched for is too common to search for (see search_text);
         # forgotten whenever the keyword index changes.
         self._common_words: dict[str, bool] = {}
+        self._quarantine_size = 0  # rows in the quarantine (kept after every change)
         # One connection: the lock keeps a transaction's statements together and
         # keeps readers from seeing a transaction that might still roll back.
         self._lock = asyncio.Lock()
@@ -272,13 +372,15 @@ class OpStore:
                 raise StoreError(f"{self.path} is a directory, not a database file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             target, uri = str(self.path), False
-        with _translated(f"opening {target}"):
+        with _translated(f"opening {target}", self.path):
             # Autocommit: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), and a
             # single statement, such as one local write, commits by itself.
             self._db = await aiosqlite.connect(target, uri=uri, isolation_level=None)
         try:
-            with _translated(f"opening {target}"):
+            with _translated(f"opening {target}", self.path):
                 await self._prepare(self._db)
+                if not self.read_only and self.path is not None:
+                    await self._check_at_open()
         except BaseException:
             await self.close()  # never leave a connection (and its thread) behind
             raise
@@ -290,6 +392,7 @@ class OpStore:
             await db.execute("PRAGMA journal_mode = WAL")
             sync = "FULL" if self.durability == "full" else "NORMAL"
             await db.execute(f"PRAGMA synchronous = {sync}")
+            await self._check_schema(db)
             await db.executescript(SCHEMA)
             await db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -297,6 +400,7 @@ class OpStore:
             )
         rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
         version = int(next(iter(rows))[0]) if rows else SCHEMA_VERSION
+        self._quarantine_size = await self._count_quarantine(db)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} was written by a newer Chrysalis (schema {version}, this "
@@ -308,6 +412,41 @@ class OpStore:
             self._checkpointer = _Checkpointer(self.path)
             await self._checkpointer.start()
 
+    async def _check_schema(self, db: aiosqlite.Connection) -> None:
+        """Before anything is created in the file: its schema must be this version's
+        (see :func:`~chrysalis_memory.store.damage.schema_problem`), or a newer one's,
+        which is refused as such afterwards."""
+        problem = schema_problem(await db.execute_fetchall(SCHEMA_ROWS_SQL))
+        if problem is None:
+            return
+        with suppress(sqlite3.Error, UnicodeDecodeError, ValueError):
+            rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
+            if rows and int(next(iter(rows))[0]) > SCHEMA_VERSION:
+                return
+        raise corrupt_error(self.path, problem)
+
+    async def _check_at_open(self) -> None:
+        """SQLite's ``quick_check`` of the file's structure, then every op row (see
+        :mod:`chrysalis_memory.store.damage`). Damage to the structure refuses the
+        store: nothing read from it could be vouched for. Damaged op rows are
+        recorded in :attr:`damage`, and never served or sent."""
+        started = time.perf_counter()
+        problems = await self.integrity_problems()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise corrupt_error(
+                self.path, f"SQLite's check of its structure found {problems[0]!r}{more}"
+            )
+        damaged = []
+        checked = 0
+        async for rows in self.iter_op_rows():
+            checked += len(rows)
+            for row in rows:
+                problem = row_problem(row)
+                if problem is not None:
+                    damaged.append(damaged_op(row, problem))
+        self.damage.found_at_open(damaged, checked, time.perf_counter() - started)
+
     async def close(self) -> None:
         if self._checkpointer is not None:
             checkpointer, self._checkpointer = self._checkpointer, None
@@ -315,7 +454,9 @@ class OpStore:
         if self._db is not None:
             db, self._db = self._db, None
             if not self.read_only and self.path is not None:
-                with suppress(sqlite3.Error):  # best effort: the WAL is valid either way
+                # Best effort: the WAL is valid either way. (sqlite3 raises UnicodeDecodeError
+                # for a damaged schema's error message.)
+                with suppress(sqlite3.Error, UnicodeDecodeError):
                     await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await db.close()
         self._cache.clear()
@@ -690,18 +831,30 @@ class OpStore:
         async with self._lock:
             with _translated("reading a history"):
                 rows = await self.db.execute_fetchall(
-                    "SELECT body FROM ops WHERE doc_id = ? ORDER BY hlc_ms, hlc_c, writer, cid",
+                    "SELECT seqno, CAST(cid AS BLOB), body FROM ops WHERE doc_id = ? "
+                    "ORDER BY hlc_ms, hlc_c, writer, cid",
                     (doc_id,),
                 )
-        return [decode_op(body) for (body,) in rows]
+        return [op for op in map(self._intact, rows) if op is not None]
 
     async def iter_ops(
         self, *, after: int = 0, batch: int = 1000, statuses: Sequence[SyncStatus] = ()
     ) -> AsyncIterator[tuple[int, Op, SyncStatus]]:
         """Every op, in local arrival order, as ``(seqno, op, status)``.
 
-        ``after`` resumes from a previous ``seqno``; ``statuses`` filters.
+        ``after`` resumes from a previous ``seqno``; ``statuses`` filters. Damaged
+        rows are left out (see :meth:`iter_log`).
         """
+        async for seqno, op, status in self.iter_log(after=after, batch=batch, statuses=statuses):
+            if op is not None and status is not None:
+                yield seqno, op, status
+
+    async def iter_log(
+        self, *, after: int = 0, batch: int = 1000, statuses: Sequence[SyncStatus] = ()
+    ) -> AsyncIterator[tuple[int, Op | None, SyncStatus | None]]:
+        """:meth:`iter_ops` with the damaged rows too, as ``(seqno, None, None)``: an op
+        whose bytes do not hash to its CID is recorded in :attr:`damage` and never
+        handed on, but a reader that counts rows (a cursor) moves past it."""
         where = ""
         extra: list[Any] = []
         if statuses:
@@ -709,17 +862,35 @@ class OpStore:
             extra = [s.value for s in statuses]
         while True:
             async with self._lock:
-                with _translated("reading the op log"):
-                    rows = await self.db.execute_fetchall(
-                        "SELECT seqno, body, sync_status FROM ops WHERE seqno > ?"
-                        f"{where} ORDER BY seqno LIMIT ?",
-                        [after, *extra, batch],
+                with _translated("reading the op log", self.path):
+                    rows = list(
+                        await self.db.execute_fetchall(
+                            "SELECT seqno, CAST(cid AS BLOB), body, CAST(sync_status AS BLOB) "
+                            f"FROM ops WHERE seqno > ?{where} ORDER BY seqno LIMIT ?",
+                            [after, *extra, batch],
+                        )
                     )
             if not rows:
                 return
-            for seqno, body, status in rows:
-                yield seqno, decode_op(body), SyncStatus(status)
-            after = rows[-1][0]  # type: ignore[index]
+            for row in rows:
+                op, status = self._intact(row), _STATUS_OF.get(row[3])
+                if op is not None and status is None:
+                    self.damage.add(damaged_op(row, "its sync status is not one the schema allows"))
+                    op = None
+                yield row[0], op, status if op is not None else None
+            after = rows[-1][0]
+
+    def _intact(self, row: Sequence[Any]) -> Op | None:
+        """The op of a ``(seqno, CID as bytes, body, ...)`` row, if the row is intact:
+        its bytes decode to an op whose CID is the one recorded. Otherwise None, and
+        the row joins :attr:`damage`."""
+        if row[0] in self.damage:
+            return None
+        found = op_of_row(row)
+        if isinstance(found, Op):
+            return found
+        self.damage.add(damaged_op(row, found))
+        return None
 
     # --- reads for gossip -------------------------------------------------------------
 
@@ -730,14 +901,17 @@ class OpStore:
         async with self._lock:
             with _translated("reading the op log"):
                 shared = await self.db.execute_fetchall(
-                    "SELECT writer, wseq FROM ops WHERE seqno <= ? AND sync_status != 'local' "
-                    "ORDER BY writer, wseq",
+                    "SELECT CAST(writer AS BLOB), wseq, seqno FROM ops WHERE seqno <= ? "
+                    "AND sync_status != 'local' ORDER BY writer, wseq",
                     (upto,),
                 )
                 local = await self.db.execute_fetchall(
                     "SELECT DISTINCT doc_id FROM ops WHERE sync_status = 'local'"
                 )
-        return [(str(w), int(s)) for w, s in shared], {str(doc) for (doc,) in local}
+        damaged = self.damage
+        return [
+            (w.decode(), int(s)) for w, s, seqno in shared if not (damaged and seqno in damaged)
+        ], {str(doc) for (doc,) in local}
 
     async def ops_in_ranges(
         self,
@@ -765,15 +939,18 @@ class OpStore:
                 for chunk in _chunks(wanted, 100):
                     where = " OR ".join(["(writer = ? AND wseq BETWEEN ? AND ?)"] * len(chunk))
                     rows = await self.db.execute_fetchall(
-                        f"SELECT body FROM ops WHERE ({where}) AND sync_status != 'local' "
-                        "ORDER BY writer, wseq LIMIT ?",
+                        f"SELECT seqno, CAST(cid AS BLOB), body FROM ops WHERE ({where}) "
+                        "AND sync_status != 'local' ORDER BY writer, wseq LIMIT ?",
                         [*(x for interval in chunk for x in interval), max_ops - len(ops)],
                     )
-                    for (body,) in rows:
-                        if size + len(body) > max_bytes and ops:
+                    for row in rows:
+                        op = self._intact(row)
+                        if op is None:
+                            continue
+                        if size + len(op.encoded) > max_bytes and ops:
                             return ops
-                        ops.append(decode_op(body))
-                        size += len(body)
+                        ops.append(op)
+                        size += len(op.encoded)
                     if len(ops) >= max_ops:
                         break
         return ops
@@ -794,14 +971,15 @@ class OpStore:
                 )
                 readable = {doc for (doc,) in shared}
                 rows = await self._select_in(
-                    "SELECT doc_id, body, sync_status FROM ops WHERE doc_id IN ({marks})",
+                    "SELECT seqno, CAST(cid AS BLOB), body, doc_id, CAST(sync_status AS BLOB) "
+                    "FROM ops WHERE doc_id IN ({marks})",
                     readable,
                 )
-        for doc, body, status in rows:
-            if status == SyncStatus.LOCAL.value:
-                still_local.add(doc)
-            else:
-                ops.append(decode_op(body))
+        for row in rows:
+            if row[4] == b"local":
+                still_local.add(row[3])
+            elif (op := self._intact(row)) is not None:
+                ops.append(op)
         still_local.update(doc for doc in docs if doc not in readable)
         return ops, still_local
 
@@ -827,6 +1005,35 @@ class OpStore:
                 async with self._transaction():
                     await self._pin(await self._unpinned({writer: public_key}))
 
+    async def confirm_writer_key(self, writer: str, public_key: str) -> bool:
+        """Take ``public_key`` as ``writer``'s key on the word of the hub, which binds
+        each agent's key to its token. Returns whether the pin changed.
+
+        A writer not pinned yet is pinned to it. A writer pinned to another key is
+        re-pinned only while this replica holds no op of that writer: such a pin
+        (from an earlier hub, say) vouches for nothing stored, and the hub's binding
+        is the better word. Otherwise the pin stands, and :class:`ForgedWriterError`
+        says so: the ops held were signed with the pinned key.
+        """
+        async with self._lock:
+            with _translated("pinning a writer key"):
+                async with self._transaction():
+                    pinned = (await self._pinned([writer])).get(writer)
+                    if pinned == public_key:
+                        return False
+                    if pinned is not None:
+                        held = await self.db.execute_fetchall(
+                            "SELECT 1 FROM ops WHERE writer = ? LIMIT 1", (writer,)
+                        )
+                        if held:
+                            raise ForgedWriterError(
+                                f"writer {writer!r} is pinned to another public key, and this "
+                                "replica holds ops it signed with that key"
+                            )
+                        await self.db.execute("DELETE FROM writers WHERE writer = ?", (writer,))
+                    await self._pin([(writer, public_key)])
+        return True
+
     async def last_seq(self, writer: str) -> int:
         async with self._lock:
             with _translated("reading sequence numbers"):
@@ -839,21 +1046,32 @@ class OpStore:
         """The greatest timestamp in the log: a restarted clock must not go below it."""
         async with self._lock:
             with _translated("reading timestamps"):
-                rows = list(
-                    await self.db.execute_fetchall(
-                        "SELECT hlc_ms, hlc_c FROM ops ORDER BY hlc_ms DESC, hlc_c DESC LIMIT 1"
-                    )
+                # A damaged row's clock columns may say anything: skip those rows.
+                rows = await self.db.execute_fetchall(
+                    "SELECT seqno, hlc_ms, hlc_c FROM ops ORDER BY hlc_ms DESC, hlc_c DESC LIMIT ?",
+                    (len(self.damage) + 1,),
                 )
-        return HLC(*rows[0]) if rows else HLC(0, 0)
+        for seqno, wall_ms, counter in rows:
+            if seqno not in self.damage:
+                return HLC(wall_ms, counter)
+        return HLC(0, 0)
 
     async def state_root(self) -> str:
-        """SHA-256 over the sorted CIDs of every op held: equal on equal op sets."""
+        """SHA-256 over the sorted CIDs of every op held: equal on equal op sets.
+        Damaged rows (:attr:`damage`) are not held: they are never served."""
         digest = hashlib.sha256()
+        damaged = self.damage
         async with self._lock:
-            with _translated("hashing the op log"):
-                async with self.db.execute("SELECT cid FROM ops ORDER BY cid") as cursor:
+            with _translated("hashing the op log", self.path):
+                async with self.db.execute(
+                    "SELECT seqno, CAST(cid AS BLOB) FROM ops ORDER BY cid"
+                ) as cursor:
                     while rows := await cursor.fetchmany(4096):
-                        digest.update("".join(cid for (cid,) in rows).encode("ascii"))
+                        digest.update(
+                            b"".join(
+                                cid for seqno, cid in rows if not (damaged and seqno in damaged)
+                            )
+                        )
         return digest.hexdigest()
 
     async def bytes_by_writer(self) -> dict[str, int]:
@@ -876,6 +1094,7 @@ class OpStore:
                     "SELECT doc_type, visibility, COUNT(*) FROM docs GROUP BY doc_type, visibility"
                 )
                 writers = await self.db.execute_fetchall("SELECT COUNT(*) FROM writers")
+                quarantined = await self._count_quarantine(self.db)
         result = {f"ops_{s.value}": 0 for s in SyncStatus}
         result.update({f"ops_{status}": n for status, n in by_status})
         result["ops"] = sum(n for _, n in by_status)
@@ -887,6 +1106,7 @@ class OpStore:
             else:
                 result["embeddings"] += n
         result["writers"] = int(next(iter(writers))[0])
+        result["quarantined"] = quarantined
         return result
 
     # --- writes -----------------------------------------------------------------------
@@ -965,23 +1185,40 @@ class OpStore:
         *,
         verify: Callable[[Sequence[Op]], Awaitable[None]] | None = None,
         chunk_size: int = 256,
+        refused: Sequence[Refusal] = (),
+        meta: Mapping[str, str] | None = None,
+        source: str = "hub",
+        provenance: bool = True,
     ) -> list[Op]:
         """Store ops received from elsewhere; returns the ones that were new.
 
         ``verify`` (the signature check) runs on each chunk of ``chunk_size`` ops
         while the chunk before it is written, so checking and writing overlap.
         All or nothing: everything happens in one transaction, and a bad
-        signature, a forged writer or an equivocating op rolls it all back.
+        signature, a forged writer or an equivocating op rolls it all back
+        (:meth:`ingest_each` then stores the others). ``refused`` ops go to the
+        quarantine (from ``source``) and ``meta`` entries (a sync cursor) are set
+        in that same transaction.
+
+        A creation that would take a memory's provenance over is refused with
+        :class:`ProvenanceError` (see :func:`check_provenance`), unless
+        ``provenance`` is False: for ops in the order a hub accepted them, as
+        the hub ran that check and replicas must agree with its order.
         """
         unique = list({op.cid: op for op in ops}.values())
-        if not unique:
+        if not unique and not refused and not meta:
             return []
         chunks = [unique[i : i + chunk_size] for i in range(0, len(unique), chunk_size)]
         checks = [asyncio.ensure_future(verify(chunk)) for chunk in chunks] if verify else []
         try:
             async with self._lock:
                 with _translated("ingesting ops"):
-                    new, touched = await self._ingest_chunks(chunks, checks, status)
+                    new, touched = await self._ingest_chunks(
+                        chunks, checks, status, refused, meta or {}, source, provenance
+                    )
+                    await self._quarantine_changed(
+                        bool(refused) or (bool(new) and self._quarantine_size > 0)
+                    )
                 for doc_id, entry in touched.items():
                     self._cache_put(doc_id, entry)
         finally:
@@ -996,6 +1233,10 @@ class OpStore:
         chunks: list[list[Op]],
         checks: Sequence[asyncio.Future[None]],
         status: SyncStatus,
+        refused: Sequence[Refusal],
+        meta: Mapping[str, str],
+        source: str,
+        provenance: bool,
     ) -> tuple[list[Op], dict[str, tuple[DocState, SyncStatus]]]:
         new_ops: list[Op] = []
         states: dict[str, tuple[DocState, SyncStatus]] = {}
@@ -1004,35 +1245,169 @@ class OpStore:
             for index, chunk in enumerate(chunks):
                 if checks:
                     await checks[index]
-                new = await self._new_ops(chunk)
-                if not new:
-                    continue
-                keys: dict[str, str] = {}
-                for op in new:
-                    if keys.setdefault(op.writer, op.key) != op.key:
-                        raise ForgedWriterError(
-                            f"ops claiming writer {op.writer!r} are signed by different keys",
-                            cid=op.cid,
-                        )
-                await self._pin(await self._unpinned(keys))
-                await self._check_equivocation(new)
-                states.update(await self._load_states(op.doc for op in new if op.doc not in states))
-                await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
-                changed: dict[str, tuple[DocState, SyncStatus]] = {}
-                for op in new:
-                    entry = touched.get(op.doc) or states.get(op.doc)
-                    if entry is None:
-                        entry = (new_state(op.doc, op.doc_type), status)
-                    state, doc_status = entry
-                    state.apply(op)
-                    touched[op.doc] = changed[op.doc] = (state, combine_status(doc_status, status))
-                # Written per chunk (a document touched again later is simply rewritten),
-                # so that this write overlaps the next chunk's signature checks.
-                await self.db.executemany(
-                    _UPSERT_DOC, [_doc_row(s, st) for s, st in changed.values()]
-                )
-                new_ops.extend(new)
+                new_ops += await self._store_chunk(chunk, status, states, touched, provenance)
+            await self._unquarantine([op.cid for op in new_ops])
+            await self._quarantine(refused, source)
+            await self.db.executemany(_UPSERT_META, list(meta.items()))
         return new_ops, touched
+
+    async def ingest_each(
+        self,
+        ops: Sequence[Op],
+        status: SyncStatus,
+        *,
+        refused: Sequence[Refusal] = (),
+        meta: Mapping[str, str] | None = None,
+        source: str = "hub",
+        provenance: bool = True,
+    ) -> tuple[list[Op], list[Refusal]]:
+        """Store ops one by one, each on its own: an op refused (a writer pinned to
+        another key, an equivocation) goes to the quarantine with its reason and
+        costs no other op. Signatures are the caller's to check first; ops that
+        failed go in ``refused``, with any others to quarantine.
+
+        One transaction: the ops stored, the quarantine (ops stored leave it, ops
+        refused join it or have their attempt counted) and ``meta`` (a sync
+        cursor) commit together or not at all. Returns the ops that were new and
+        every refusal, ``refused`` included. ``provenance`` as for :meth:`ingest`.
+        """
+        unique = list({op.cid: op for op in ops}.values())
+        refusals = list(refused)
+        new_ops: list[Op] = []
+        held: list[str] = []
+        states: dict[str, tuple[DocState, SyncStatus]] = {}
+        touched: dict[str, tuple[DocState, SyncStatus]] = {}
+        async with self._lock:
+            with _translated("ingesting ops"):
+                async with self._transaction():
+                    for op in unique:
+                        await self.db.execute("SAVEPOINT one_op")
+                        try:
+                            new_ops += await self._store_chunk(
+                                [op], status, states, touched, provenance
+                            )
+                        except InvalidOpError as error:
+                            await self.db.execute("ROLLBACK TO one_op")
+                            refusals.append(Refusal.of(op, error))
+                        else:
+                            held.append(op.cid)
+                        await self.db.execute("RELEASE one_op")
+                    await self._unquarantine(held)
+                    await self._quarantine(refusals, source)
+                    await self.db.executemany(_UPSERT_META, list((meta or {}).items()))
+                await self._quarantine_changed(True)
+            for doc_id, entry in touched.items():
+                self._cache_put(doc_id, entry)
+        self._wrote(len(new_ops))
+        return new_ops, refusals
+
+    async def _store_chunk(
+        self,
+        chunk: list[Op],
+        status: SyncStatus,
+        states: dict[str, tuple[DocState, SyncStatus]],
+        touched: dict[str, tuple[DocState, SyncStatus]],
+        provenance: bool = True,
+    ) -> list[Op]:
+        """Check and insert the ops of ``chunk`` not held yet, and rewrite their
+        documents; returns them. Raises an :class:`InvalidOpError` before anything
+        changes (in the database or in ``states``) if one of them is refused. The
+        caller holds the lock and a transaction."""
+        new = await self._new_ops(chunk)
+        if not new:
+            return []
+        keys: dict[str, str] = {}
+        for op in new:
+            if keys.setdefault(op.writer, op.key) != op.key:
+                raise ForgedWriterError(
+                    f"ops claiming writer {op.writer!r} are signed by different keys",
+                    cid=op.cid,
+                )
+        await self._pin(await self._unpinned(keys))
+        await self._check_equivocation(new)
+        states.update(await self._load_states(op.doc for op in new if op.doc not in states))
+        if provenance:
+            check_provenance(new, lambda doc: (touched.get(doc) or states.get(doc) or (None,))[0])
+        await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
+        changed: dict[str, tuple[DocState, SyncStatus]] = {}
+        for op in new:
+            entry = touched.get(op.doc) or states.get(op.doc)
+            if entry is None:
+                entry = (new_state(op.doc, op.doc_type), status)
+            state, doc_status = entry
+            state.apply(op)
+            touched[op.doc] = changed[op.doc] = (state, combine_status(doc_status, status))
+        # Written per chunk (a document touched again later is simply rewritten),
+        # so that this write overlaps the next chunk's signature checks.
+        await self.db.executemany(_UPSERT_DOC, [_doc_row(s, st) for s, st in changed.values()])
+        return new
+
+    # --- the quarantine -------------------------------------------------------------
+
+    async def _quarantine(self, refused: Sequence[Refusal], source: str) -> None:
+        """Add refused ops to the quarantine, or count another attempt. The caller
+        holds the lock and a transaction."""
+        if not refused:
+            return
+        now = int(time.time() * 1000)
+        await self.db.executemany(
+            _UPSERT_QUARANTINE,
+            [
+                (r.cid, r.writer, r.body, r.reason, r.detail[:_MAX_DETAIL_CHARS], source, now, now)
+                for r in refused
+            ],
+        )
+
+    async def _unquarantine(self, cids: Sequence[str]) -> None:
+        """Ops now held leave the quarantine. The caller holds the lock and a transaction."""
+        if cids and self._quarantine_size:
+            for chunk in _chunks(cids):
+                marks = ",".join("?" * len(chunk))
+                await self.db.execute(f"DELETE FROM quarantine WHERE cid IN ({marks})", chunk)
+
+    async def _quarantine_changed(self, changed: bool) -> None:
+        if changed:
+            self._quarantine_size = await self._count_quarantine(self.db)
+
+    @staticmethod
+    async def _count_quarantine(db: aiosqlite.Connection) -> int:
+        # A store written by an older version, opened read-only, has no quarantine.
+        exists = await db.execute_fetchall(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'"
+        )
+        if not exists:
+            return 0
+        rows = await db.execute_fetchall("SELECT COUNT(*) FROM quarantine")
+        return int(next(iter(rows))[0])
+
+    @property
+    def quarantine_size(self) -> int:
+        """How many refused ops the quarantine holds."""
+        return self._quarantine_size
+
+    async def quarantined(self, limit: int = 1000) -> list[QuarantinedOp]:
+        """The quarantine, oldest first: at most ``limit`` ops."""
+        if not self._quarantine_size:
+            return []
+        async with self._lock:
+            with _translated("reading the quarantine"):
+                rows = await self.db.execute_fetchall(
+                    "SELECT cid, writer, body, reason, detail, source, first_ms, last_ms, "
+                    "attempts FROM quarantine ORDER BY first_ms, cid LIMIT ?",
+                    (limit,),
+                )
+        return [QuarantinedOp(*row) for row in rows]
+
+    async def quarantine_summary(self) -> dict[str, int]:
+        """How many ops the quarantine holds, by reason code."""
+        async with self._lock:
+            with _translated("reading the quarantine"):
+                if not await self._count_quarantine(self.db):
+                    return {}
+                rows = await self.db.execute_fetchall(
+                    "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason"
+                )
+        return {str(reason): int(n) for reason, n in rows}
 
     async def _new_ops(self, ops: list[Op]) -> list[Op]:
         known = await self._known(op.cid for op in ops)
@@ -1091,29 +1466,30 @@ class OpStore:
 
     # --- integrity ------------------------------------------------------------------------
 
-    async def integrity_problems(self) -> list[str]:
-        """SQLite's own quick check of the database file."""
+    async def integrity_problems(self, *, full: bool = False) -> list[str]:
+        """SQLite's own check of the database file: ``quick_check`` (its structure), or
+        with ``full`` ``integrity_check`` (indexes against their tables too)."""
+        pragma = "integrity_check" if full else "quick_check"
         async with self._lock:
-            with _translated("checking integrity"):
-                rows = await self.db.execute_fetchall("PRAGMA quick_check")
-        return [str(msg) for (msg,) in rows if msg != "ok"]
+            with _translated("checking integrity", self.path):
+                # As bytes: on a damaged file the messages may quote text that is not UTF-8.
+                rows = await self.db.execute_fetchall(
+                    f"SELECT CAST({pragma} AS BLOB) FROM pragma_{pragma}"
+                )
+        messages = [bytes(msg).decode("utf-8", errors="replace") for (msg,) in rows]
+        return [msg for msg in messages if msg != "ok"]
 
-    async def iter_stored(self, batch: int = 2000) -> AsyncIterator[list[tuple[str, bytes, str]]]:
-        """Raw ``(cid, body, writer)`` rows of the op log, for verification."""
+    async def iter_op_rows(self, batch: int = 5000) -> AsyncIterator[list[Any]]:
+        """Every op row as :data:`~chrysalis_memory.store.damage.OP_ROWS_SQL` reads it
+        (all columns, text as bytes), in arrival order: what the checks read."""
         after = 0
         while True:
             async with self._lock:
-                with _translated("reading the op log"):
-                    rows = list(
-                        await self.db.execute_fetchall(
-                            "SELECT seqno, cid, body, writer FROM ops WHERE seqno > ? "
-                            "ORDER BY seqno LIMIT ?",
-                            (after, batch),
-                        )
-                    )
+                with _translated("reading the op log", self.path):
+                    rows = list(await self.db.execute_fetchall(OP_ROWS_SQL, (after, batch)))
             if not rows:
                 return
-            yield [(cid, body, writer) for _, cid, body, writer in rows]
+            yield rows
             after = rows[-1][0]
 
     async def stored_states(self) -> dict[str, tuple[str, bytes]]:
