@@ -113,6 +113,7 @@ async def _status_of(agent: str, path: Path) -> dict[str, Any]:
         root = await store.state_root()
         hub_id = await store.meta(HUB_ID_KEY)
         cursor = int(await store.meta(CURSOR_KEY) or 0)
+        quarantine = await store.quarantine_summary()
     finally:
         await store.close()
     return {
@@ -123,6 +124,7 @@ async def _status_of(agent: str, path: Path) -> dict[str, Any]:
         "hub_cursor": cursor,
         "ops_written": written,
         **counts,
+        "quarantine": quarantine,
     }
 
 
@@ -243,6 +245,11 @@ def _status_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
         parts = [f"{r['ops_synced']:,} synced"] if r["ops_synced"] else []
         parts += [f"{n:,} {what}" for what, n in waiting.items() if n]
         sync = ", ".join(parts)
+    quarantined = "none"
+    if r["quarantined"]:
+        reasons = ", ".join(f"{n:,} {why}" for why, n in r["quarantine"].items())
+        refused = f"{r['quarantined']:,} op{'s' if r['quarantined'] != 1 else ''} refused"
+        quarantined = f"{refused}, kept aside: {reasons}"
     if r["hub_id"]:
         hub = f"{r['hub_id']} (has the hub's log up to op {r['hub_cursor']:,})"
     else:
@@ -251,6 +258,7 @@ def _status_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("memories", memories),
         ("ops", held),
         ("sync", sync),
+        ("quarantine", quarantined),
         ("hub", hub),
         ("state root", r["state_root"]),
         ("store", r["db_path"]),
