@@ -9,8 +9,11 @@ Merkle-CRDT op log.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, TypeVar
@@ -87,6 +90,19 @@ def _config_error(model: str, exc: ValidationError) -> ConfigError:
     return ConfigError(f"invalid {model}: {problems}")
 
 
+_AGENT_ID: Final = re.compile(AGENT_ID_PATTERN)
+_PUBLIC_KEY: Final = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+def is_public_key(key: object) -> bool:
+    """Whether ``key`` is an ed25519 public key as ops carry it: 32 bytes in
+    unpadded base64url, canonically encoded (so that equal keys are equal strings)."""
+    if not isinstance(key, str) or not _PUBLIC_KEY.match(key):
+        return False
+    raw = base64.urlsafe_b64decode(key + "=")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == key
+
+
 MAX_CLOCK_SKEW_S: Final = 600.0
 """How far ahead of the receiver's clock an op may be stamped (hub and gossip)."""
 
@@ -100,7 +116,59 @@ class GossipConfig(_EnvConfig):
         default=False,
         description="Listen for peers and exchange shared memories with them directly "
         "(docs/gossip.md); peers come from seeds and, with hub_url and hub_token set, from "
-        "the hub.",
+        "the hub. Only members take part: set members, members_file, or hub_url and "
+        "hub_token, or open() refuses to start gossip.",
+    )
+    members: dict[str, str] = Field(
+        default_factory=dict,
+        description="The agents admitted to gossip, {agent id: ed25519 public key} (base64url, "
+        "as `chrysalis key AGENT_ID` prints it); in the environment `id=key,id=key` or a JSON "
+        "object. A peer must prove it holds its member's key, and every gossiped op must be "
+        "signed with its writer's member key. With hub_url and hub_token set, the hub's "
+        "registered agents are members too.",
+    )
+    members_file: Path | None = Field(
+        default=None,
+        description="A JSON file {agent id: public key} of members (the output of `chrysalis "
+        "key`), read at start and again whenever it changes.",
+    )
+    max_members: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Members admitted at most, all sources together (more are ignored, with "
+        "a warning); also the size limit of the table of peers.",
+    )
+    max_inbound_connections: int = Field(
+        default=256,
+        ge=1,
+        description="Websocket connections from peers held at once; more are refused (HTTP "
+        "503) before any message is read. A member holds at most 4.",
+    )
+    handshake_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A connection that has not proved its membership within this long is "
+        "closed.",
+    )
+    send_queue_bytes: int = Field(
+        default=16 << 20,
+        ge=64 << 10,
+        description="Bytes waiting to be sent to one peer, the frame being sent included; a "
+        "peer that lets more pile up (it does not read) is dropped: its connection is closed "
+        "and its queue freed.",
+    )
+    send_queue_total_bytes: int = Field(
+        default=128 << 20,
+        ge=64 << 10,
+        description="Bytes waiting to be sent to all peers together; over it, the peer with "
+        "the most waiting is dropped.",
+    )
+    want_answer_bytes: int = Field(
+        default=4 << 20,
+        ge=64 << 10,
+        description="Bytes of ops read to answer one reconciliation request; what is left "
+        "is asked for again at the next reconciliation.",
     )
     fanout: int = Field(default=3, ge=1, le=64, description="Peers pushed to per round.")
     interval_ms: int = Field(default=500, ge=10, description="Time between gossip rounds.")
@@ -135,6 +203,39 @@ class GossipConfig(_EnvConfig):
     def _split_seeds(cls, value: object) -> object:
         if isinstance(value, str):
             return [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _parse_members(cls, value: object) -> object:
+        """``id=key,id=key`` or a JSON object, as the environment gives them."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except ValueError as error:
+                raise ValueError(f"members is not a JSON object: {error}") from None
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            agent, sep, key = item.partition("=")
+            if not sep:
+                raise ValueError(f"members: expected AGENT_ID=PUBLIC_KEY, got {item[:80]!r}")
+            pairs[agent.strip()] = key.strip()
+        return pairs
+
+    @field_validator("members")
+    @classmethod
+    def _check_members(cls, value: dict[str, str]) -> dict[str, str]:
+        for agent, key in value.items():
+            if not _AGENT_ID.match(agent):
+                raise ValueError(f"members: {agent[:80]!r} is not an agent id")
+            if not is_public_key(key):
+                raise ValueError(
+                    f"members: the key of {agent!r} is not an ed25519 public key in base64url "
+                    "(43 characters, as `chrysalis key AGENT_ID` prints it)"
+                )
         return value
 
     def rounds_to_reach(self, n_instances: int) -> int:

@@ -179,6 +179,12 @@ class AuthenticationError(ChrysalisError):
     revoked token), or presented a signing key other than the one bound to it."""
 
 
+class GossipAuthError(AuthenticationError, ProtocolError):
+    """A gossip peer was refused: it is not a member (its agent id is not on the
+    member list, or was removed from it), or it could not prove it holds that
+    member's signing key, or it broke the handshake. Nothing it sent was used."""
+
+
 class UnknownAgentError(UsageError, LookupError):
     """The hub's token file has no token for this agent id."""
 

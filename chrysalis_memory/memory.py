@@ -203,6 +203,7 @@ class AgentMemory:
                 store,
                 self._merge,
                 agent_id=cfg.agent_id,
+                signer=signer,
                 config=cfg.gossip,
                 hub_url=cfg.hub_url,
                 hub_token=cfg.hub_token.get_secret_value() if cfg.hub_token else None,

@@ -77,6 +77,7 @@ def run_importing(*args: str, **extra: str) -> tuple[subprocess.CompletedProcess
         ["token"],
         ["token", "create"],
         ["token", "list"],
+        ["key"],
     ],
     ids=lambda command: " ".join(command) or "chrysalis",
 )

@@ -9,6 +9,10 @@ import pytest
 
 from chrysalis_memory import AgentMemory, AgentMemoryConfig, GossipConfig, HubConfig
 from chrysalis_memory.errors import ConfigError
+from chrysalis_memory.model.ops import Signer
+
+A_PEER = {"a-peer": Signer.generate().public_key}
+"""Gossip admits only members: one that is not running is enough to start it."""
 
 SPEC_AGENT_FIELDS = {
     "agent_id",
@@ -182,7 +186,9 @@ async def test_gossip_enabled_listens_for_peers_and_off_it_does_not(tmp_path: Pa
     async with AgentMemory(agent_id="a1", data_dir=tmp_path) as quiet:
         assert quiet.gossip_url is None and quiet.gossip_state() is None
     async with AgentMemory(
-        agent_id="a2", data_dir=tmp_path, gossip=GossipConfig(enabled=True, listen_port=0)
+        agent_id="a2",
+        data_dir=tmp_path,
+        gossip=GossipConfig(enabled=True, listen_port=0, members=A_PEER),
     ) as mem:
         await mem.learn("still works offline, with no peer at all", importance=0.9)
         url = mem.gossip_url
@@ -196,12 +202,14 @@ async def test_gossip_enabled_listens_for_peers_and_off_it_does_not(tmp_path: Pa
 
 async def test_a_gossip_port_in_use_is_a_config_error(tmp_path: Path) -> None:
     async with AgentMemory(
-        agent_id="a1", data_dir=tmp_path, gossip=GossipConfig(enabled=True)
+        agent_id="a1", data_dir=tmp_path, gossip=GossipConfig(enabled=True, members=A_PEER)
     ) as first:
         assert first.gossip_url is not None
         port = int(first.gossip_url.rsplit(":", 1)[1])
         second = AgentMemory(
-            agent_id="a2", data_dir=tmp_path, gossip=GossipConfig(enabled=True, listen_port=port)
+            agent_id="a2",
+            data_dir=tmp_path,
+            gossip=GossipConfig(enabled=True, listen_port=port, members=A_PEER),
         )
         with pytest.raises(ConfigError, match="gossip cannot listen"):
             await second.open()

@@ -22,6 +22,7 @@ from chrysalis_memory import __version__
 from chrysalis_memory.cli.bench import bench
 from chrysalis_memory.cli.demo import demo
 from chrysalis_memory.cli.hub import hub
+from chrysalis_memory.cli.keys import key
 from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
 from chrysalis_memory.cli.progress import PlainProgress
 from chrysalis_memory.cli.simulate import simulate
@@ -356,6 +357,7 @@ app.command()(demo)
 app.add_typer(token_app, name="token")
 app.command()(hub)
 app.command()(simulate)
+app.command()(key)
 app.command()(bench)
 
 

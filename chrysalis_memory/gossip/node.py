@@ -24,6 +24,12 @@ Three mechanisms, each classic:
   other peers are asked to ping it; still nothing, and it is suspected, then
   after ``suspect_timeout_ms`` declared dead and skipped. Membership news rides
   on every message. Hearing from a peer directly brings it back.
+
+Who may be a peer is the driver's business (it authenticates members, see
+:mod:`~chrysalis_memory.gossip.auth`): with :meth:`GossipNode.admit` it names the
+members, and then nobody else enters the table of peers, whatever membership news
+says, and messages from anyone else are ignored. The table never holds more than
+``max_peers`` peers.
 """
 
 from __future__ import annotations
@@ -102,6 +108,8 @@ class GossipSettings:
     suspect_timeout_ms: float | None = None
     """Default: five intervals."""
     indirect_probes: int = 2
+    max_peers: int = 1 << 16
+    """Peers the node keeps at most (news of more is ignored; a dead one makes room)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -164,16 +172,48 @@ class GossipNode:
         self._sessions: dict[int, str] = {}  # anti-entropy sessions we started → peer
         self._next_session = 1
         self._probe_order: list[str] = []
+        self._admitted: frozenset[str] | None = None  # None: anyone (the simulator)
         self._next_round = now_ms + self.rng.uniform(0, s.interval_ms)
         ae = s.anti_entropy_interval_ms
         self._next_ae = math.inf if ae is None else now_ms + self.rng.uniform(0, ae)
 
     # --- what the driver tells us --------------------------------------------------------
 
+    def admit(self, members: Iterable[str] | None) -> None:
+        """Only these peers may enter the table of peers, and only their messages
+        are heard (None: anyone). Peers no longer admitted are forgotten."""
+        self._admitted = None if members is None else frozenset(members)
+        for peer in [p for p in self._peers if not self._admits(p)]:
+            self._forget(peer)
+
+    def _admits(self, peer: str) -> bool:
+        return peer != self.me and (self._admitted is None or peer in self._admitted)
+
+    def _forget(self, peer: str) -> None:
+        del self._peers[peer]
+        for probe in [p for p, x in self._probes.items() if x.target == peer]:
+            del self._probes[probe]
+        for probe in [p for p, (who, _) in self._relays.items() if who == peer]:
+            del self._relays[probe]
+        for session in [s for s, who in self._sessions.items() if who == peer]:
+            del self._sessions[session]
+        for news in [n for n in self._news if n.update.id == peer]:
+            self._news.remove(news)
+
+    def _room(self) -> bool:
+        """Whether one more peer fits in the table (forgetting a dead one if need be)."""
+        if len(self._peers) < self.settings.max_peers:
+            return True
+        dead = next((p for p, x in self._peers.items() if x.state == "dead"), None)
+        if dead is None:
+            return False
+        self._forget(dead)
+        return True
+
     def add_peers(self, peers: Mapping[str, str], now_ms: float) -> None:
         """Peers known from elsewhere (the hub's list): ``{id: addr}``."""
         for peer, addr in peers.items():
-            if peer != self.me and peer not in self._peers:
+            if self._admits(peer) and peer not in self._peers and self._room():
                 self._peers[peer] = _Peer(addr, "alive", 0, now_ms, now_ms)
 
     def add_seeds(self, addrs: Iterable[str]) -> None:
@@ -198,10 +238,10 @@ class GossipNode:
 
     def restart(self, now_ms: float) -> None:
         """After a crash: the store (summary) survives, everything else is lost."""
-        summary = self.summary
+        summary, admitted = self.summary, self._admitted
         seeds = {p.addr for p in self._peers.values()} | self._seeds
         self.__init__(self.me, self.addr, self.settings, rng=self.rng, now_ms=now_ms)  # type: ignore[misc]
-        self.summary = summary
+        self.summary, self._admitted = summary, admitted
         self._seeds = seeds
 
     # --- views -------------------------------------------------------------------------
@@ -330,6 +370,8 @@ class GossipNode:
         """Direct evidence: the sender is alive, whatever was said of it."""
         known = self._peers.get(sender)
         if known is None:
+            if not self._room():
+                return
             self._peers[sender] = _Peer(addr, "alive", 0, now_ms, now_ms)
             self._seeds.discard(addr)
             self._spread(Member(sender, addr, "alive", 0))
@@ -345,13 +387,15 @@ class GossipNode:
                     self.incarnation = update.incarnation + 1  # refute the suspicion
                     self._spread(Member(self.me, self.addr, "alive", self.incarnation))
                 continue
+            if not self._admits(update.id):
+                continue  # not a member: news of it is not believed, nor passed on
             known = self._peers.get(update.id)
             if update.id == sender:
                 if known is not None and update.incarnation > known.incarnation:
                     self._set_state(sender, known, "alive", update.incarnation, now_ms)
                 continue
             if known is None:
-                if update.state != "dead":
+                if update.state != "dead" and self._room():
                     self._peers[update.id] = _Peer(
                         update.addr, update.state, update.incarnation, -math.inf, now_ms
                     )
@@ -373,8 +417,8 @@ class GossipNode:
     ) -> list[Output]:
         """A message from peer ``sender``, who listens at ``sender_addr``."""
         out: list[Output] = []
-        if sender == self.me:
-            return out
+        if not self._admits(sender):
+            return out  # ourselves, or not a member: nothing is answered
         self._direct(sender, sender_addr, now_ms)
         members = getattr(message, "members", ())
         if members:

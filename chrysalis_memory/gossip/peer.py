@@ -21,9 +21,23 @@ the agent stores by any other path (its own writes, the hub's relays, a
 ``merge_ops``, promotions of short-term memories) are found by following the op
 log (see :meth:`GossipPeer._scan`) and handed to the node, which gossips them.
 
+Only members gossip (:mod:`.auth`): the members and their keys come from
+``GossipConfig.members``, ``members_file`` and, with a hub configured, the hub's
+``/members`` endpoint. Every connection opens with a mutual challenge-response
+(each side signs the other's nonce with its agent key), before any gossip frame
+is read or sent; a connection that fails it is closed having been told nothing
+but a random nonce. Every op received must be signed with its writer's member
+key. Memory is bounded in bytes: what waits to be sent to one peer
+(``send_queue_bytes``; a peer that lets more pile up is dropped) and to all
+(``send_queue_total_bytes``), what one reconciliation request is answered with
+(``want_answer_bytes``), inbound connections (``max_inbound_connections``, at
+most :data:`MAX_CONNECTIONS_PER_MEMBER` per member, frames of
+:data:`~.auth.HANDSHAKE_MAX_BYTES` until the handshake is over).
+
 Peers come from ``GossipConfig.seeds`` and, with a hub configured, from the
 hub's ``/peers`` endpoint, which this agent also announces its address to.
-Gossip itself never needs the hub. See ``docs/gossip.md``.
+Gossip itself never needs the hub (its member list is kept in the store). See
+``docs/gossip.md``.
 """
 
 from __future__ import annotations
@@ -31,12 +45,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import math
 import random
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,10 +62,22 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.http11 import Request, Response
 
-from chrysalis_memory.config import MAX_CLOCK_SKEW_S, GossipConfig
-from chrysalis_memory.errors import ChrysalisError, ConfigError, InvalidOpError
+from chrysalis_memory.config import MAX_CLOCK_SKEW_S, GossipConfig, is_public_key
+from chrysalis_memory.errors import (
+    ChrysalisError,
+    ConfigError,
+    GossipAuthError,
+    InvalidOpError,
+)
 from chrysalis_memory.gossip import wire
+from chrysalis_memory.gossip.auth import (
+    HANDSHAKE_MAX_BYTES,
+    ClientHandshake,
+    Membership,
+    ServerHandshake,
+)
 from chrysalis_memory.gossip.messages import MemberState, Message, Ops, Push
 from chrysalis_memory.gossip.node import (
     Deliver,
@@ -58,7 +88,7 @@ from chrysalis_memory.gossip.node import (
     SendOps,
 )
 from chrysalis_memory.model.document import SyncStatus
-from chrysalis_memory.model.ops import AGENT_ID_PATTERN, Op
+from chrysalis_memory.model.ops import AGENT_ID_PATTERN, Op, Signer
 from chrysalis_memory.store import OpStore
 from chrysalis_memory.sync.messages import SyncProtocolError
 
@@ -80,12 +110,79 @@ this many gossip rounds."""
 HUB_PEERS_EVERY_S: Final = 60.0
 """Otherwise it re-announces itself (and reads the hub's sample) this often."""
 MAX_HUB_PEERS: Final = 1000
+MAX_CONNECTIONS_PER_MEMBER: Final = 4
+"""Inbound connections one member may hold (one per address it knows this agent
+by); a newer one closes the oldest."""
+MAX_PENDING_HANDSHAKES: Final = 32
+"""Inbound connections still proving their membership, from anywhere..."""
+MAX_PENDING_PER_HOST: Final = 4
+"""... and from one IP address; more are refused (HTTP 503) before the websocket opens."""
+SEND_STALL_S: Final = 30.0
+"""A peer that has not taken a frame for this long is dropped (it does not read)."""
+MEMBERS_FILE_MAX_BYTES: Final = 16 << 20
+HUB_MEMBERS_MAX_BYTES: Final = 16 << 20
+HUB_MEMBERS_META: Final = "gossip.hub_members"
+"""Store metadata: the hub's member list as last read, so that a restart while
+the hub is down still knows who the members are."""
+_MEMBERS_FILE_EVERY_S: Final = 1.0  # the members file is looked at this often
+_HUB_REFRESH_MIN_S: Final = 2.0  # an unknown peer asks the hub again, at most this often
 _OVERHEAD: Final = 16 << 10  # bytes of a frame besides its ops (envelope, members)
-_LINK_QUEUE: Final = 256  # frames waiting for one peer; more are dropped
 _LINK_IDLE_S: Final = 60.0
 _MAX_LINKS: Final = 256
 _SCAN_EVERY_MS: Final = 1000.0  # the op log is also read this often without a wake-up
 _AGENT_ID: Final = re.compile(AGENT_ID_PATTERN)
+_NOT_ADMITTED: Final = "not admitted"  # the close reason a refused peer reads: nothing more
+
+
+def members_url(hub_url: str) -> str:
+    """The hub's ``/members`` endpoint (beside ``/peers``)."""
+    return peers_url(hub_url).removesuffix("/peers") + "/members"
+
+
+def no_members_error() -> ConfigError:
+    return ConfigError(
+        "gossip admits only members, and this agent has no member list: set "
+        "gossip.members ({agent id: public key}; CHRYSALIS_GOSSIP_MEMBERS=id=key,id=key), "
+        "or gossip.members_file (a JSON file of them; CHRYSALIS_GOSSIP_MEMBERS_FILE), or "
+        "hub_url and hub_token (the hub's registered agents are then the members). "
+        "`chrysalis key AGENT_ID --data-dir DIR` prints an agent's public key"
+    )
+
+
+def read_members_file(path: Path) -> dict[str, str]:
+    """``{agent id: public key}`` from a members file; :class:`ConfigError` if it
+    cannot be read or is not one."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MEMBERS_FILE_MAX_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(
+            f"gossip members_file {path} cannot be read: {error.strerror or error}"
+        ) from None
+    if len(data) > MEMBERS_FILE_MAX_BYTES:
+        raise ConfigError(f"gossip members_file {path} is over {MEMBERS_FILE_MAX_BYTES} bytes")
+    try:
+        decoded = json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise ConfigError(f"gossip members_file {path} is not JSON: {error}") from None
+    try:
+        return parse_members(decoded, what=f"gossip members_file {path}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def parse_members(data: object, *, what: str) -> dict[str, str]:
+    """``{agent id: public key}`` from decoded JSON, checked; else :class:`ValueError`."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is not a JSON object {{agent id: public key}}")
+    members: dict[str, str] = {}
+    for agent, key in data.items():
+        if not isinstance(agent, str) or not _AGENT_ID.match(agent):
+            raise ValueError(f"{what}: {str(agent)[:80]!r} is not an agent id")
+        if not is_public_key(key):
+            raise ValueError(f"{what}: the key of {agent!r} is not an ed25519 public key")
+        members[agent] = key
+    return members
 
 
 def settings_from(config: GossipConfig) -> GossipSettings:
@@ -96,6 +193,7 @@ def settings_from(config: GossipConfig) -> GossipSettings:
         anti_entropy_interval_ms=(
             float(config.anti_entropy_interval_ms) if config.anti_entropy_enabled else None
         ),
+        max_peers=config.max_members,
     )
 
 
@@ -131,6 +229,24 @@ class GossipState:
     """Ops received by gossip that were new here."""
     ops_rejected: int
     """Ops received that failed verification: not stored, not forwarded."""
+    members: int = 0
+    """Agents admitted to gossip (this one aside), from every member source."""
+    connections: int = 0
+    """Inbound connections of authenticated members, open now."""
+    peers_refused: int = 0
+    """Inbound connections refused: over a limit, not a member, no proof, too slow."""
+    handshakes_failed: int = 0
+    """Connections this agent opened whose peer did not prove it is a member."""
+    peers_dropped: int = 0
+    """Connections dropped because the peer let too much pile up (it does not read)."""
+    queued_bytes: int = 0
+    """Bytes waiting to be sent to peers now, frames being sent included..."""
+    queued_bytes_high: int = 0
+    """... and the most there ever were."""
+    rejections: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Ops refused, by reason: ``not_member`` (the writer is no member),
+    ``wrong_key`` (not signed with the writer's member key), ``clock_skew``,
+    ``invalid`` (the store refused it: bad signature, pinned key, equivocation)."""
 
 
 class GossipPeer:
@@ -142,6 +258,7 @@ class GossipPeer:
         merge: Merge,
         *,
         agent_id: str,
+        signer: Signer,
         config: GossipConfig,
         hub_url: str | None = None,
         hub_token: str | None = None,
@@ -151,8 +268,10 @@ class GossipPeer:
         self.store = store
         self.merge = merge
         self.agent_id = agent_id
+        self.signer = signer
         self.config = config
         self.settings = settings_from(config)
+        self.membership = Membership(agent_id, signer.public_key, max_members=config.max_members)
         self.hub_url = hub_url
         self._hub_token = hub_token
         self.max_frame_bytes = max_frame_bytes
@@ -161,6 +280,16 @@ class GossipPeer:
         self._url = ""
         self._server: Server | None = None
         self._links: OrderedDict[str, _Link] = OrderedDict()
+        self._queued = 0  # bytes in every link's queue, frames being sent included
+        self._inbound: set[ServerConnection] = set()
+        self._pending: Counter[str] = Counter()  # handshakes under way, by remote host
+        self._by_member: dict[str, list[ServerConnection]] = {}
+        self._closers: set[asyncio.Task[None]] = set()
+        self._members_file_seen: tuple[int, int, int] | None = None
+        self._hub_saved: str | None = None
+        self._conflicts_logged: set[str] = set()
+        self._refresh = asyncio.Event()  # an unknown peer appeared: read the members again
+        self._outsiders: dict[str, str] = {}  # writers held here but not members → their key
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
@@ -176,6 +305,9 @@ class GossipPeer:
         self.messages_sent = self.bytes_sent = self.messages_lost = 0
         self.messages_received = self.bytes_received = self.frames_rejected = 0
         self.ops_received = self.ops_rejected = 0
+        self.peers_refused = self.handshakes_failed = self.peers_dropped = 0
+        self.queued_bytes_high = 0
+        self.rejections: Counter[str] = Counter()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -193,16 +325,37 @@ class GossipPeer:
     def _now(self) -> float:
         return time.monotonic() * 1000 + self._epoch_ms
 
+    @property
+    def _uses_hub(self) -> bool:
+        return self.hub_url is not None and bool(self._hub_token)
+
     async def start(self) -> None:
         cfg = self.config
+        if not (cfg.members or cfg.members_file is not None or self._uses_hub):
+            raise no_members_error()
+        self._set_members("config", cfg.members)
+        if cfg.members_file is not None:
+            self._read_members_file(strict=True)
+        if self.agent_id in self.membership.conflicts():
+            raise ConfigError(
+                f"gossip members (or members_file) list this agent, {self.agent_id!r}, with "
+                "another key than its own signing key (`chrysalis key` prints it)"
+            )
+        if self._uses_hub:
+            await self._load_hub_members()
         try:
             self._server = await serve(
                 self._serve,
                 cfg.listen_host,
                 cfg.listen_port,
-                max_size=self.max_frame_bytes,
+                process_request=self._admit_request,
+                # Until a peer has proved its membership, no frame larger than a
+                # handshake is read; then up to max_frame_bytes (see _serve).
+                max_size=HANDSHAKE_MAX_BYTES,
+                max_queue=2,  # frames buffered per connection while we process one
                 compression=None,  # CPU is scarcer than bandwidth; ops are small JSON
                 server_header="chrysalis-gossip",
+                close_timeout=1.0,
             )
         except OSError as error:
             raise ConfigError(
@@ -225,10 +378,9 @@ class GossipPeer:
             await self.close()
             raise
         self._tasks.append(asyncio.create_task(self._run(), name=f"gossip-{self.agent_id}"))
-        if self.hub_url is not None and self._hub_token:
-            self._tasks.append(
-                asyncio.create_task(self._membership(), name=f"gossip-hub-{self.agent_id}")
-            )
+        self._tasks.append(
+            asyncio.create_task(self._membership(), name=f"gossip-members-{self.agent_id}")
+        )
         self._ready.set()
         log.info("%s: gossip listening at %s", self.agent_id, self._url)
 
@@ -237,10 +389,15 @@ class GossipPeer:
         node = self._node = GossipNode(
             self.agent_id, self._url, self.settings, rng=self._rng, now_ms=self._now()
         )
+        node.admit(self.membership.ids())
         self._cursor = await self.store.last_seqno()
         shared, self._local_docs = await self.store.gossip_index(upto=self._cursor)
+        keys = await self.store.all_writer_keys()
         for writer, seq in shared:  # known, not news: anti-entropy shares them, not rumours
-            node.summary.add(writer, seq)
+            if self.membership.writer_key(writer) == keys.get(writer):
+                node.summary.add(writer, seq)
+            else:  # not a member's: no member would take it (until its writer is one)
+                self._outsiders[writer] = keys.get(writer, "")
         seeds = []
         for seed in self.config.seeds:
             try:
@@ -266,6 +423,9 @@ class GossipPeer:
         links = list(self._links.values())
         self._links.clear()
         await asyncio.gather(*(link.close() for link in links))
+        for closer in list(self._closers):
+            closer.cancel()
+        await asyncio.gather(*self._closers, return_exceptions=True)
 
     def notify(self) -> None:
         """Ops were stored here (a write, a merge): gossip them from the next wake-up."""
@@ -294,6 +454,14 @@ class GossipPeer:
             frames_rejected=self.frames_rejected,
             ops_received=self.ops_received,
             ops_rejected=self.ops_rejected,
+            members=len(self.membership),
+            connections=sum(len(c) for c in self._by_member.values()),
+            peers_refused=self.peers_refused,
+            handshakes_failed=self.handshakes_failed,
+            peers_dropped=self.peers_dropped,
+            queued_bytes=self._queued,
+            queued_bytes_high=self.queued_bytes_high,
+            rejections=dict(self.rejections),
         )
 
     # --- time --------------------------------------------------------------------------
@@ -339,7 +507,8 @@ class GossipPeer:
             if status is SyncStatus.LOCAL:
                 self._local_docs.add(op.doc)
             else:
-                fresh.append(op)
+                if self._shareable(op):
+                    fresh.append(op)
                 if op.doc in self._local_docs:
                     promoted.add(op.doc)
         if fresh:
@@ -352,23 +521,35 @@ class GossipPeer:
         docs = set(docs)
         ops, still_local = await self.store.shareable_ops_of(docs)
         self._local_docs.difference_update(docs - still_local)
+        ops = [op for op in ops if self._shareable(op)]
         if ops:
             self.node.accepted(ops, self._now())
+
+    def _shareable(self, op: Op) -> bool:
+        """Whether members would take this op (its writer is a member, and signed it
+        with its member key); others' ops are not gossiped, but remembered in case
+        their writer becomes a member."""
+        if self.membership.writer_key(op.writer) == op.key:
+            return True
+        self._outsiders[op.writer] = op.key
+        return False
 
     # --- carrying out the node's outputs ----------------------------------------------
 
     async def _carry_out(self, outputs: Sequence[Output]) -> None:
         for output in outputs:
             if isinstance(output, Send):
-                self._send(output.addr, output.message)
+                self._send(output.to, output.addr, output.message)
             elif isinstance(output, SendOps):
                 await self._send_ops(output)
             elif isinstance(output, Deliver):
-                await self._deliver([op for op in output.ops if isinstance(op, Op)])
+                await self._deliver(output.sender, [op for op in output.ops if isinstance(op, Op)])
         if outputs:
             self._wake.set()  # a probe may have moved the next deadline
 
-    def _send(self, addr: str, message: Message) -> None:
+    def _send(self, to: str, addr: str, message: Message) -> None:
+        """Queue ``message`` for the peer at ``addr`` (``to``: the member expected
+        there; empty for a seed, whose id is learned by the handshake)."""
         if addr == self._url or self._closing:
             return
         if isinstance(message, Push):
@@ -390,11 +571,53 @@ class GossipPeer:
                 )
                 self.messages_lost += 1
                 continue
-            self._link(addr).put(frame)
+            self._enqueue(addr, to, frame)
+
+    def _enqueue(self, addr: str, to: str, frame: bytes) -> None:
+        """Queue a frame for ``addr`` within the byte budgets: a peer over its own
+        budget is dropped (it does not read); over the total budget, the peer with
+        the most waiting is."""
+        cfg = self.config
+        link = self._link(addr)
+        size = len(frame)
+        if link.bytes and link.bytes + size > cfg.send_queue_bytes:
+            self._drop(
+                link,
+                f"{link.bytes + size} bytes would wait for it, over the "
+                f"send_queue_bytes budget of {cfg.send_queue_bytes}",
+            )
+            self.messages_lost += 1
+            return
+        while self._queued + size > cfg.send_queue_total_bytes:
+            biggest = max(self._links.values(), key=lambda x: x.bytes)
+            if biggest.bytes == 0:
+                break
+            self._drop(
+                biggest,
+                f"{self._queued + size} bytes would wait for all peers, over the "
+                f"send_queue_total_bytes budget of {cfg.send_queue_total_bytes}, "
+                "and it has the most",
+            )
+            if biggest is link:
+                self.messages_lost += 1
+                return
+        link.put(to, frame)
+        self.queued_bytes_high = max(self.queued_bytes_high, self._queued)
+
+    def _drop(self, link: _Link, why: str) -> None:
+        """Drop a consumer: close its connection at once and free its queue."""
+        self.peers_dropped += 1
+        log.warning("%s: gossip peer %s dropped: %s", self.agent_id, link.peer_id or link.addr, why)
+        if self._links.get(link.addr) is link:
+            del self._links[link.addr]
+        self.messages_lost += link.release()
+        link.abort()
 
     def _split(self, ops: Sequence[Any]) -> list[tuple[Op, ...]]:
-        """Ops in batches that fit in a frame (and within the op count limit)."""
-        budget = self.max_frame_bytes - _OVERHEAD
+        """Ops in batches that fit in a frame (and within the op count limit), and
+        in half a peer's send budget, so that two fit in it."""
+        frame = min(self.max_frame_bytes, self.config.send_queue_bytes // 2)
+        budget = max(frame - _OVERHEAD, 1)
         batches: list[tuple[Op, ...]] = []
         batch: list[Op] = []
         size = 0
@@ -421,13 +644,41 @@ class GossipPeer:
         return link
 
     async def _send_ops(self, output: SendOps) -> None:
-        """A peer's anti-entropy wants these ops: shareable ones only, in frames that fit."""
-        ops = await self.store.ops_in_ranges(output.ranges)
+        """A peer's anti-entropy wants these ops: shareable ones only, at most
+        ``want_answer_bytes`` of them, in frames that fit."""
+        ops = await self.store.ops_in_ranges(output.ranges, max_bytes=self.config.want_answer_bytes)
         if ops:
-            self._send(output.addr, Ops(output.session, tuple(ops)))
+            self._send(output.to, output.addr, Ops(output.session, tuple(ops)))
 
-    async def _deliver(self, ops: Sequence[Op]) -> None:
-        """Verify and store ops received from a peer; tell the node how it went."""
+    async def _deliver(self, sender: str, ops: Sequence[Op]) -> None:
+        """Verify and store ops received from a peer; tell the node how it went.
+
+        An op is taken only if its writer is a member and it is signed with that
+        member's key: a key from the member list, never one the sender supplied
+        (the op's own ``key`` must equal it; the store then checks the signature).
+        """
+        refused: dict[str, list[Op]] = {}
+        for op in ops:
+            key = self.membership.writer_key(op.writer)
+            if key is None:
+                refused.setdefault("not_member", []).append(op)
+            elif key != op.key:
+                refused.setdefault("wrong_key", []).append(op)
+        for reason, bad in refused.items():
+            log.info(
+                "%s: %d ops gossiped by %s refused (%s): writer %r %s",
+                self.agent_id,
+                len(bad),
+                sender,
+                reason,
+                bad[0].writer,
+                "is not a gossip member"
+                if reason == "not_member"
+                else "did not sign them with its member key",
+            )
+            self._reject(bad, reason)
+        taken = {op.cid for bad in refused.values() for op in bad}
+        ops = [op for op in ops if op.cid not in taken]
         horizon = time.time() * 1000 + MAX_CLOCK_SKEW_MS
         future = [op for op in ops if op.hlc.wall_ms > horizon]
         if future:
@@ -436,7 +687,7 @@ class GossipPeer:
                 self.agent_id,
                 len(future),
             )
-            self._reject(future)
+            self._reject(future, "clock_skew")
         ops = [op for op in ops if op.hlc.wall_ms <= horizon]
         # Others' ops are stored as synced: this agent never pushes them to the hub
         # (the hub only takes an agent's own ops; their writer pushes them), exactly
@@ -455,7 +706,7 @@ class GossipPeer:
         except InvalidOpError as error:
             if len(ops) == 1:
                 log.info("%s: gossiped op refused: %s", self.agent_id, error)
-                self._reject(ops)
+                self._reject(ops, "invalid")
                 return
             # Merging is all or nothing: one bad op must not sink the others.
             for op in ops:
@@ -468,57 +719,307 @@ class GossipPeer:
         self.ops_received += new
         self.node.accepted(ops, self._now())
 
-    def _reject(self, ops: Sequence[Op]) -> None:
+    def _reject(self, ops: Sequence[Op], reason: str) -> None:
         self.ops_rejected += len(ops)
+        self.rejections[reason] += len(ops)
         self.node.rejected(ops)
 
     # --- receiving -----------------------------------------------------------------------
 
+    def _admit_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Before the websocket exists: refuse what is over the limits (HTTP 503)."""
+        host = _host_of(connection)
+        if self._closing:
+            refusal = None
+        elif len(self._inbound) >= self.config.max_inbound_connections:
+            refusal = f"at its limit of {self.config.max_inbound_connections} connections"
+        elif sum(self._pending.values()) >= MAX_PENDING_HANDSHAKES:
+            refusal = f"{MAX_PENDING_HANDSHAKES} handshakes under way"
+        elif self._pending[host] >= MAX_PENDING_PER_HOST:
+            refusal = f"{MAX_PENDING_PER_HOST} handshakes under way from {host}"
+        else:
+            return None
+        self.peers_refused += 1
+        log.info("%s: gossip connection from %s refused: %s", self.agent_id, host, refusal)
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+
     async def _serve(self, connection: ServerConnection) -> None:
         await self._ready.wait()
+        if self._closing:
+            return
+        host = _host_of(connection)
+        self._inbound.add(connection)
+        self._pending[host] += 1
         try:
-            while not self._closing:
-                frame = await connection.recv(decode=False)  # bytes: no decode, no re-encode
-                self.messages_received += 1
-                self.bytes_received += len(frame)
-                try:
-                    sender, addr, message = wire.decode(frame, max_bytes=self.max_frame_bytes)
-                except SyncProtocolError as error:
-                    self.frames_rejected += 1
-                    log.info("%s: bad gossip frame (closing): %s", self.agent_id, error)
-                    await connection.close(1008, "bad gossip frame")
-                    return
-                outputs = self.node.receive(sender, addr, message, self._now())
-                try:
-                    await self._carry_out(outputs)
-                except ChrysalisError as error:  # the store failed: the peer asks again
-                    log.warning("%s: gossip with %s failed: %s", self.agent_id, sender, error)
-        except ConnectionClosed:
-            pass
+            try:
+                member, addr = await asyncio.wait_for(
+                    self._handshake(connection), self.config.handshake_timeout_s
+                )
+            except (GossipAuthError, asyncio.TimeoutError, ConnectionClosed) as error:
+                self.peers_refused += 1
+                why = "it left" if isinstance(error, ConnectionClosed) else str(error)
+                log.info(
+                    "%s: gossip peer at %s refused: %s", self.agent_id, host, why or "too slow"
+                )
+                await connection.close(1008, _NOT_ADMITTED)
+                return
+            finally:
+                self._pending[host] -= 1
+                if self._pending[host] <= 0:
+                    del self._pending[host]
+            self._hold(member, connection)
+            try:
+                connection.protocol.max_message_size = self.max_frame_bytes
+                await self._receive(connection, member, addr)
+            except ConnectionClosed:
+                pass
+            finally:
+                held = self._by_member.get(member, [])
+                if connection in held:
+                    held.remove(connection)
+                if not held:
+                    self._by_member.pop(member, None)
+        finally:
+            self._inbound.discard(connection)
 
-    # --- membership from the hub ---------------------------------------------------------
+    async def _handshake(self, connection: ServerConnection) -> tuple[str, str]:
+        """Challenge the peer; its id and address once it proved it is that member.
+
+        A peer that fails is told nothing but the nonce: no id, no gossip."""
+        handshake = ServerHandshake(self.agent_id, self.signer, self.membership)
+        await connection.send(handshake.challenge(), text=True)
+        hello = await connection.recv(decode=False)
+        try:
+            member, addr, welcome = handshake.hello(hello)
+        except GossipAuthError:
+            self._unknown_peer()
+            raise
+        try:
+            wire.check_addr(addr)
+        except SyncProtocolError as error:
+            raise GossipAuthError(f"{member!r} gave a bad address: {error}") from None
+        await connection.send(welcome, text=True)
+        return member, addr
+
+    def _hold(self, member: str, connection: ServerConnection) -> None:
+        held = self._by_member.setdefault(member, [])
+        held.append(connection)
+        while len(held) > MAX_CONNECTIONS_PER_MEMBER:
+            self._close_later(held.pop(0), "replaced by a newer connection")
+
+    def _close_later(self, connection: ServerConnection, reason: str) -> None:
+        task = asyncio.create_task(connection.close(1008, reason))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def _receive(self, connection: ServerConnection, member: str, addr: str) -> None:
+        """Frames from an authenticated member, each in turn."""
+        while not self._closing:
+            frame = await connection.recv(decode=False)  # bytes: no decode, no re-encode
+            self.messages_received += 1
+            self.bytes_received += len(frame)
+            try:
+                sender, sender_addr, message = wire.decode(frame, max_bytes=self.max_frame_bytes)
+                if (sender, sender_addr) != (member, addr):
+                    raise SyncProtocolError(
+                        f"a frame from {member!r} says it is from {sender!r} at {sender_addr!r}"
+                    )
+            except SyncProtocolError as error:
+                self.frames_rejected += 1
+                log.info("%s: bad gossip frame (closing): %s", self.agent_id, error)
+                await connection.close(1008, "bad gossip frame")
+                return
+            if member not in self.membership:
+                await connection.close(1008, _NOT_ADMITTED)  # removed meanwhile
+                return
+            outputs = self.node.receive(sender, sender_addr, message, self._now())
+            try:
+                await self._carry_out(outputs)
+            except ChrysalisError as error:  # the store failed: the peer asks again
+                log.warning("%s: gossip with %s failed: %s", self.agent_id, sender, error)
+
+    # --- who the members are -------------------------------------------------------------
+
+    def _set_members(
+        self, source: str, members: Mapping[str, str], revoked: Mapping[str, str] | None = None
+    ) -> bool:
+        changed = self.membership.set_source(source, members, revoked)
+        if self.membership.dropped:
+            log.warning(
+                "%s: %d gossip members left out, over max_members (%d)",
+                self.agent_id,
+                self.membership.dropped,
+                self.config.max_members,
+            )
+        conflicts = self.membership.conflicts()
+        for agent in sorted(conflicts - self._conflicts_logged):
+            log.warning(
+                "%s: the gossip member sources give %r different keys: it is no member "
+                "until they agree",
+                self.agent_id,
+                agent,
+            )
+        self._conflicts_logged = conflicts
+        return changed
+
+    def _unknown_peer(self) -> None:
+        """Someone not (yet) a member knocked: read the member sources again soon."""
+        self._refresh.set()
+
+    def _read_members_file(self, *, strict: bool) -> bool:
+        """Read the members file if it changed; returns whether the members did."""
+        path = self.config.members_file
+        assert path is not None
+        try:
+            stat = path.stat()
+            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            seen = None
+        if seen is not None and seen == self._members_file_seen:
+            return False
+        try:
+            members = read_members_file(path)
+        except ConfigError as error:
+            if strict:
+                raise
+            if seen != self._members_file_seen:
+                log.warning(
+                    "%s: members file not read again (kept as it was): %s", self.agent_id, error
+                )
+            self._members_file_seen = seen
+            return False
+        self._members_file_seen = seen
+        return self._set_members("file", members)
+
+    async def _load_hub_members(self) -> None:
+        """The hub's member list as last read (the hub may be down now)."""
+        try:
+            saved = await self.store.meta(HUB_MEMBERS_META)
+            if saved is None:
+                return
+            members, revoked = _hub_members(json.loads(saved), self.config.max_members)
+            self._hub_saved = saved
+        except (ValueError, RecursionError, ChrysalisError) as error:
+            log.warning("%s: the saved hub member list is unusable: %s", self.agent_id, error)
+            return
+        self._set_members("hub", members, revoked)
+
+    async def _members_changed(self) -> None:
+        """Apply a new member list: forget, disconnect and stop gossiping with whoever
+        is no member any more; share the ops of writers who became members."""
+        members = self.membership
+        self.node.admit(members.ids())
+        for member, held in list(self._by_member.items()):
+            if member not in members:
+                for connection in held:
+                    self._close_later(connection, _NOT_ADMITTED)
+        for link in list(self._links.values()):
+            if link.peer_id is not None and link.peer_id not in members:
+                link.stop()
+        welcome = {w for w, k in self._outsiders.items() if members.writer_key(w) == k}
+        if not welcome:
+            return
+        for writer in welcome:
+            del self._outsiders[writer]
+        shared, _ = await self.store.gossip_index(upto=self._cursor)
+        for writer, seq in shared:
+            if writer in welcome:
+                self.node.summary.add(writer, seq)  # anti-entropy shares them
 
     async def _membership(self) -> None:
-        """Announce this agent to the hub and learn peers from it, now and then."""
+        """Keep the member list current (the members file, the hub); with a hub, also
+        announce this agent to it and learn peers from it, now and then."""
+        loop = asyncio.get_running_loop()
+        uses_file = self.config.members_file is not None
+        client = httpx.AsyncClient(timeout=5.0, trust_env=False) if self._uses_hub else None
+        next_hub, last_hub = loop.time(), -math.inf
+        try:
+            while not self._closing:
+                self._refresh.clear()
+                changed = uses_file and self._read_members_file(strict=False)
+                if client is not None and loop.time() >= next_hub:
+                    last_hub = loop.time()
+                    changed |= await self._ask_hub_members(client)
+                    if changed:  # before the peers: only members are taken from the list
+                        await self._members_changed()
+                        changed = False
+                    await self._ask_hub(client)
+                    few = len(self.node.members("alive")) < self.settings.fanout
+                    next_hub = last_hub + (
+                        HUB_PEERS_EVERY_ROUNDS * self.settings.interval_ms / 1000
+                        if few
+                        else HUB_PEERS_EVERY_S
+                    )
+                if changed:
+                    await self._members_changed()
+                wait = _MEMBERS_FILE_EVERY_S if uses_file else 60.0
+                if client is not None:
+                    wait = min(wait, next_hub - loop.time())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._refresh.wait(), max(wait, 0.01))
+                if self._refresh.is_set():  # someone unknown knocked: maybe a new member
+                    next_hub = min(next_hub, last_hub + _HUB_REFRESH_MIN_S)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    def _hub_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._hub_token}"}
+
+    async def _ask_hub_members(self, client: httpx.AsyncClient) -> bool:
+        """Read the hub's registered agents and their keys; returns whether the
+        members changed. The list is saved in the store for restarts without the hub."""
+        assert self.hub_url is not None
+        url = members_url(self.hub_url)
+        body = bytearray()
+        try:
+            async with client.stream("GET", url, headers=self._hub_headers()) as response:
+                if response.status_code != 200:
+                    level = logging.DEBUG if response.status_code >= 500 else logging.WARNING
+                    log.log(
+                        level,
+                        "%s: the hub did not list gossip members (HTTP %d)%s",
+                        self.agent_id,
+                        response.status_code,
+                        ": is it older than this agent?" if response.status_code == 404 else "",
+                    )
+                    return False
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > HUB_MEMBERS_MAX_BYTES:
+                        log.warning(
+                            "%s: the hub's member list is over %d bytes: not read",
+                            self.agent_id,
+                            HUB_MEMBERS_MAX_BYTES,
+                        )
+                        return False
+        except httpx.HTTPError as error:
+            log.debug("%s: the hub's member list is out of reach: %s", self.agent_id, error)
+            return False
+        try:
+            members, revoked = _hub_members(json.loads(body), self.config.max_members)
+        except (ValueError, RecursionError) as error:
+            log.warning("%s: the hub's member list is unusable: %s", self.agent_id, error)
+            return False
+        changed = self._set_members("hub", members, revoked)
+        saved = json.dumps({"members": members, "revoked": revoked}, sort_keys=True)
+        if saved != self._hub_saved:
+            try:
+                await self.store.set_meta({HUB_MEMBERS_META: saved})
+                self._hub_saved = saved
+            except ChrysalisError as error:  # kept in memory; saved next time
+                log.warning("%s: could not save the hub's member list: %s", self.agent_id, error)
+        return changed
+
+    async def _ask_hub(self, client: httpx.AsyncClient) -> None:
+        """Announce this agent's address to the hub and take the peers it lists
+        (members only: the node takes no one else)."""
         assert self.hub_url is not None
         url = peers_url(self.hub_url)
-        headers = {"Authorization": f"Bearer {self._hub_token}"}
-        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
-            while not self._closing:
-                await self._ask_hub(client, url, headers)
-                few = len(self.node.members("alive")) < self.settings.fanout
-                delay = (
-                    HUB_PEERS_EVERY_ROUNDS * self.settings.interval_ms / 1000
-                    if few
-                    else HUB_PEERS_EVERY_S
-                )
-                await asyncio.sleep(delay)
-
-    async def _ask_hub(
-        self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str]
-    ) -> None:
         try:
-            response = await client.get(url, params={"announce": self._url}, headers=headers)
+            response = await client.get(
+                url, params={"announce": self._url}, headers=self._hub_headers()
+            )
         except httpx.HTTPError as error:
             log.debug("%s: the hub's peer list is out of reach: %s", self.agent_id, error)
             return
@@ -551,73 +1052,176 @@ class GossipPeer:
             self._wake.set()
 
 
-class _Link:
-    """The connection to one peer's address: opened on demand, frames sent in order.
+def _hub_members(data: object, limit: int) -> tuple[dict[str, str], dict[str, str]]:
+    """The hub's ``{"members": {id: key}, "revoked": {id: key}}``, checked."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    members = parse_members(data.get("members", {}), what="members")
+    revoked = parse_members(data.get("revoked", {}), what="revoked")
+    if len(members) + len(revoked) > 2 * limit:
+        raise ValueError(f"over {2 * limit} agents")
+    return members, revoked
 
-    A failure to connect or to send drops the frame (the node copes with lost
-    messages); frames queued while the peer is unreachable are dropped with it.
-    Closed after a minute without frames.
+
+def _host_of(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "?"
+
+
+class _Link:
+    """The connection to one peer's address: opened on demand, authenticated,
+    frames sent in order.
+
+    A failure to connect, to authenticate or to send drops the frame (the node
+    copes with lost messages); frames queued while the peer is unreachable are
+    dropped with it. Closed after a minute without frames. ``bytes`` counts the
+    frames waiting and the one being sent: the peer keeps it within its budgets
+    (:meth:`GossipPeer._enqueue`).
     """
 
     def __init__(self, peer: GossipPeer, addr: str) -> None:
         self.peer = peer
         self.addr = addr
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(_LINK_QUEUE)
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.bytes = 0
+        self.peer_id: str | None = None
+        """The member this address turned out to be (after the handshake)."""
+        self._ready = asyncio.Event()
         self.connection: ClientConnection | None = None
         self.task = asyncio.create_task(self._run(), name=f"gossip-link-{addr}")
 
-    def put(self, frame: bytes) -> None:
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self.peer.messages_lost += 1
+    def put(self, to: str, frame: bytes) -> None:
+        self.queue.append((to, frame))
+        self._account(len(frame))
+        self._ready.set()
+
+    def _account(self, size: int) -> None:
+        self.bytes += size
+        self.peer._queued += size
+
+    def release(self) -> int:
+        """Forget every frame waiting (and the one being sent); returns how many."""
+        lost = len(self.queue)
+        self.queue.clear()
+        self.peer._queued -= self.bytes
+        self.bytes = 0
+        return lost
 
     def stop(self) -> None:
+        self.peer.messages_lost += self.release()
+        self.task.cancel()
+
+    def abort(self) -> None:
+        """Stop at once: the connection is cut without a closing handshake (a peer
+        that does not read would not answer one), so its buffers are freed now."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.transport.abort()
         self.task.cancel()
 
     async def close(self) -> None:
+        self.release()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
 
-    def _drop_queued(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-            self.peer.messages_lost += 1
+    async def _next(self) -> tuple[str, bytes] | None:
+        while not self.queue:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), _LINK_IDLE_S)
+            except asyncio.TimeoutError:
+                return None
+        return self.queue[0]
 
-    async def _run(self) -> None:
+    def _sent(self) -> None:
+        if self.queue:  # (empty if the queue was released meanwhile)
+            _, frame = self.queue.popleft()
+            self.bytes -= len(frame)
+            self.peer._queued -= len(frame)
+
+    async def _connect(self) -> ClientConnection | None:
         peer = self.peer
         open_timeout = max(1.0, 4 * peer.settings.interval_ms / 1000)
         try:
+            connection = await connect(
+                self.addr,
+                open_timeout=open_timeout,
+                max_size=HANDSHAKE_MAX_BYTES,  # nothing but the handshake comes back
+                compression=None,
+                proxy=None,
+                close_timeout=1.0,
+            )
+        except (OSError, asyncio.TimeoutError, WebSocketException) as error:
+            log.debug("%s: cannot reach %s: %s", peer.agent_id, self.addr, error)
+            return None
+        try:
+            self.peer_id = await asyncio.wait_for(
+                self._handshake(connection), peer.config.handshake_timeout_s
+            )
+        except (GossipAuthError, asyncio.TimeoutError, ConnectionClosed, OSError) as error:
+            peer.handshakes_failed += 1
+            log.info(
+                "%s: the gossip peer at %s is not admitted: %s",
+                peer.agent_id,
+                self.addr,
+                error
+                if isinstance(error, GossipAuthError)
+                else "it did not complete the handshake",
+            )
+            connection.transport.abort()
+            return None
+        except BaseException:  # cancelled (dropped, closing): do not leave it open
+            connection.transport.abort()
+            raise
+        return connection
+
+    async def _handshake(self, connection: ClientConnection) -> str:
+        peer = self.peer
+        handshake = ClientHandshake(peer.agent_id, peer.url, peer.signer, peer.membership)
+        hello = handshake.challenge(await connection.recv(decode=False))
+        await connection.send(hello, text=True)
+        return handshake.welcome(await connection.recv(decode=False))
+
+    async def _run(self) -> None:
+        peer = self.peer
+        try:
             while True:
-                try:
-                    frame = await asyncio.wait_for(self.queue.get(), _LINK_IDLE_S)
-                except asyncio.TimeoutError:
-                    return
+                item = await self._next()
+                if item is None:
+                    return  # idle
+                to, frame = item
                 if self.connection is None:
-                    try:
-                        self.connection = await connect(
-                            self.addr,
-                            open_timeout=open_timeout,
-                            max_size=peer.max_frame_bytes,
-                            compression=None,
-                            proxy=None,
-                            close_timeout=1.0,
-                        )
-                    except (OSError, asyncio.TimeoutError, WebSocketException) as error:
-                        log.debug("%s: cannot reach %s: %s", peer.agent_id, self.addr, error)
-                        peer.messages_lost += 1
-                        self._drop_queued()
+                    self.connection = await self._connect()
+                    if self.connection is None:
+                        peer.messages_lost += self.release()
                         continue
+                if to and to != self.peer_id:
+                    log.debug(
+                        "%s: %s is %s, not %s: frame dropped",
+                        peer.agent_id,
+                        self.addr,
+                        self.peer_id,
+                        to,
+                    )
+                    peer.messages_lost += 1
+                    self._sent()
+                    continue
                 try:
-                    await self.connection.send(frame, text=True)
+                    await asyncio.wait_for(self.connection.send(frame, text=True), SEND_STALL_S)
+                except asyncio.TimeoutError:
+                    peer._drop(self, f"it took no frame for {SEND_STALL_S:g} s")
+                    return
                 except (ConnectionClosed, OSError):
                     peer.messages_lost += 1
+                    self._sent()
                     self.connection = None
                     continue
+                self._sent()
                 peer.messages_sent += 1
                 peer.bytes_sent += len(frame)
         finally:
+            self.release()
             if peer._links.get(self.addr) is self:
                 del peer._links[self.addr]
             connection, self.connection = self.connection, None

@@ -412,6 +412,8 @@ class Hub:
         """Runs before the websocket exists: no message is read from a stranger."""
         if _is_peers(request.path):
             return self._peers(connection, request)
+        if _is_members(request.path):
+            return self._members(connection, request)
         agent = self._agent_of(connection, request)
         if isinstance(agent, Response):
             return agent
@@ -450,13 +452,17 @@ class Hub:
             )
         if _is_peers(request.path):
             return self._peers(connection, request)
+        if _is_members(request.path):
+            return self._members(connection, request)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return connection.respond(
                 HTTPStatus.NOT_FOUND,
                 f"this is the hub's HTTP port (/health, /metrics, /peers); agents connect to "
                 f"its websocket port, {self.port}: hub_url ws://HOST:{self.port}\n",
             )
-        return connection.respond(HTTPStatus.NOT_FOUND, "try /health, /metrics or /peers\n")
+        return connection.respond(
+            HTTPStatus.NOT_FOUND, "try /health, /metrics, /peers or /members\n"
+        )
 
     def _peers(self, connection: ServerConnection, request: Request) -> Response:
         """``GET /peers[?announce=<ws URL>]`` (on either port), with an agent's token:
@@ -487,6 +493,22 @@ class Hub:
         others = sorted(a for a in self._gossip if a != agent)
         sample = random.sample(others, min(PEERS_SAMPLE, len(others)))
         body = json.dumps({a: self._gossip[a][0] for a in sample}).encode()
+        return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
+
+    def _members(self, connection: ServerConnection, request: Request) -> Response:
+        """``GET /members`` (on either port), with an agent's token: the agents gossip
+        admits, ``{"members": {id: key}, "revoked": {id: key}}``: every agent with a
+        token and a bound signing key, and apart those whose token was revoked (their
+        earlier ops stay verifiable; they may no longer gossip)."""
+        agent = self._agent_of(connection, request)
+        if isinstance(agent, Response):
+            return agent
+        members: dict[str, str] = {}
+        revoked: dict[str, str] = {}
+        for record in self.tokens.agents():
+            if record.public_key is not None:
+                (revoked if record.revoked else members)[record.agent_id] = record.public_key
+        body = json.dumps({"members": members, "revoked": revoked}).encode()
         return Response(200, "OK", Headers({"Content-Type": "application/json"}), body)
 
     async def _never_upgrade(self, connection: ServerConnection) -> None:
@@ -691,6 +713,10 @@ class Hub:
 
 def _is_peers(path: str) -> bool:
     return urlsplit(path).path.rstrip("/").endswith("/peers")
+
+
+def _is_members(path: str) -> bool:
+    return urlsplit(path).path.rstrip("/").endswith("/members")
 
 
 def _size(frame: str | bytes) -> int:

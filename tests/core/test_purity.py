@@ -22,6 +22,7 @@ CORE_FILES = (
     "sync/protocol.py",
     "gossip/summary.py",
     "gossip/messages.py",
+    "gossip/auth.py",
     "gossip/node.py",
     "gossip/simulator.py",
     "gossip/wire.py",
@@ -35,6 +36,7 @@ ALLOWED_INTERNAL = {
     "chrysalis_memory.sync.protocol",
     "chrysalis_memory.gossip.summary",
     "chrysalis_memory.gossip.messages",
+    "chrysalis_memory.gossip.auth",
     "chrysalis_memory.gossip.node",
     "chrysalis_memory.gossip.wire",
 }
