@@ -39,7 +39,9 @@ from chrysalis_memory.errors import (
     DataDirLockedError,
     ForgedWriterError,
     InvalidArgumentError,
+    InvalidOpError,
     KeyMismatchError,
+    MalformedOpError,
     UnknownMemoryError,
 )
 from chrysalis_memory.keys import load_or_create_signer
@@ -62,7 +64,7 @@ from chrysalis_memory.recall.indexer import NewEmbedding, Progress, RecallIndex
 from chrysalis_memory.recall.search import Candidate, SearchMode, passes_filters
 from chrysalis_memory.recall.service import RecallService
 from chrysalis_memory.store import ListQuery, OpStore
-from chrysalis_memory.store.sqlite import combine_status
+from chrysalis_memory.store.sqlite import Refusal, combine_status
 from chrysalis_memory.store.verify import VerifyReport, verify_store
 from chrysalis_memory.verifier import SignatureVerifier
 
@@ -186,7 +188,9 @@ class AgentMemory:
 
             self._sync = SyncClient(
                 store,
-                self._merge_synced,
+                self._merge_from_hub,
+                retry=self._retry_quarantined,
+                quarantine=await store.quarantine_summary(),
                 agent_id=cfg.agent_id,
                 public_key=signer.public_key,
                 url=cfg.hub_url,
@@ -836,9 +840,54 @@ class AgentMemory:
         fresh = [op for op in decoded if op.cid not in known]
         return await self._merge(fresh, SyncStatus.PENDING, position)
 
-    async def _merge_synced(self, ops: Sequence[Op]) -> int:
-        """Merge ops received from the hub (already decoded by the protocol)."""
-        return await self._merge(ops, SyncStatus.SYNCED)
+    async def _merge_from_hub(
+        self, ops: Sequence[Op], refused: Sequence[Refusal], meta: Mapping[str, str]
+    ) -> tuple[int, builtins.list[Refusal]]:
+        """Store a page of ops from the hub (decoded by the protocol; ``refused`` are
+        the ones that did not decode) with ``meta`` (the sync cursor), in one
+        transaction. One refused op costs no other: if the page as a whole is
+        refused, its ops are stored one by one and the refused ones quarantined.
+        Returns how many ops were new and every op refused."""
+        store = self.store
+        async with self._write_lock:
+            try:
+                new = await store.ingest(
+                    ops, SyncStatus.SYNCED, verify=self._verifier.check, refused=refused, meta=meta
+                )
+                refusals = builtins.list(refused)
+            except InvalidOpError:
+                new, refusals = await self._ingest_each(ops, refused, meta)
+        self._merged(new, SyncStatus.SYNCED)
+        return len(new), refusals
+
+    async def _retry_quarantined(self) -> tuple[int, builtins.list[Refusal]]:
+        """Try the quarantined ops again (their cause may have gone away: the hub
+        confirmed a key, a newer version decodes them); those stored leave the
+        quarantine. Returns how many were stored and those refused again."""
+        store = self.store
+        ops: builtins.list[Op] = []
+        undecodable: builtins.list[Refusal] = []
+        for entry in await store.quarantined():
+            if entry.body is None:
+                continue  # too large to be an op: nothing to try
+            try:
+                ops.append(decode_op(entry.body))
+            except MalformedOpError as error:
+                undecodable.append(Refusal.undecodable(entry.body, str(error), entry.writer))
+        async with self._write_lock:
+            new, refusals = await self._ingest_each(ops, undecodable, {})
+        self._merged(new, SyncStatus.SYNCED)
+        return len(new), refusals
+
+    async def _ingest_each(
+        self, ops: Sequence[Op], refused: Sequence[Refusal], meta: Mapping[str, str]
+    ) -> tuple[builtins.list[Op], builtins.list[Refusal]]:
+        """:meth:`OpStore.ingest_each` of the ops whose signature verifies, the others
+        quarantined as ``bad_signature``. The caller holds the write lock."""
+        invalid = {error.index or 0: error for error in await self._verifier.invalid(ops)}
+        refusals = [*refused, *(Refusal.of(ops[i], error) for i, error in invalid.items())]
+        good = [op for i, op in enumerate(ops) if i not in invalid]
+        return await self.store.ingest_each(good, SyncStatus.SYNCED, refused=refusals, meta=meta)
 
     async def _merge(
         self, ops: Sequence[Op], status: SyncStatus, position: Mapping[str, int] | None = None
@@ -852,6 +901,11 @@ class AgentMemory:
 
         async with self._write_lock:  # no local write between its checkout and its commit
             new = await store.ingest(ops, status, verify=verify)
+        self._merged(new, status)
+        return len(new)
+
+    def _merged(self, new: Sequence[Op], status: SyncStatus) -> None:
+        """After ops from elsewhere were stored: the clock, and who to tell."""
         author = self._require_author()
         for op in new:
             author.clock.observe(op.hlc)
@@ -863,7 +917,6 @@ class AgentMemory:
             self._sync.notify()
         if new and self._gossip is not None:
             self._gossip.notify()  # relayed by the hub or merged: gossip them on
-        return len(new)
 
     async def state_root(self) -> str:
         """A digest of the ops held: equal on replicas holding the same ops."""

@@ -11,12 +11,23 @@ cursor, then at once:
 * merges live updates as they arrive, pulling to fill any gap;
 * answers :meth:`SyncClient.sync_now` and remote searches.
 
+An op received that this replica refuses (a bad signature, a writer pinned to
+another key, bytes that do not decode) costs no other op: the page is stored op
+by op and the refused op goes to the store's quarantine with its reason, in the
+transaction that moves the cursor past it. The cursor only ever moves past ops
+stored or quarantined. Quarantined ops are tried again at every session, once
+the hub's keys are pinned, and leave the quarantine once stored.
+
 The cursor is saved with the hub's id, so a restart resumes where it stopped,
 and a different (or restored) hub is read again from the start. When the hub
 cannot be reached, it retries with exponential backoff and full jitter; local
-writes go on and queue. Everything is idempotent by CID: a replayed push or a
-duplicate update changes nothing. The protocol logic is the sans-I/O
-:class:`~chrysalis_memory.sync.ClientProtocol`; this module moves its bytes.
+writes go on and queue. The backoff starts again from its base only after a
+session that did something (stored ops, had ops acknowledged, moved the
+cursor) or stayed up for ``Backoff.reset_after_s``: a hub that fails right
+after its welcome is not reconnected to in a hot loop. Everything is
+idempotent by CID: a replayed push or a duplicate update changes nothing. The
+protocol logic is the sans-I/O :class:`~chrysalis_memory.sync.ClientProtocol`;
+this module moves its bytes.
 """
 
 from __future__ import annotations
@@ -39,14 +50,17 @@ from chrysalis_memory.errors import (
     HubRejectedError,
     HubUnreachableError,
     InvalidOpError,
+    StoreError,
     SyncError,
 )
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import MemoryKind, Op
 from chrysalis_memory.store import OpStore
+from chrysalis_memory.store.sqlite import Refusal
 from chrysalis_memory.sync.messages import SearchHit, SyncProtocolError
 from chrysalis_memory.sync.protocol import (
     Acked,
+    Applicable,
     ClientEvent,
     ClientProtocol,
     OpsReceived,
@@ -69,8 +83,15 @@ DEFAULT_HUB_PORT: Final = HubConfig.model_fields["websocket_port"].default
 # a refused token, which fails sync_now at once); 408 and 429 only say "later".
 _NOT_A_HUB: Final = frozenset(range(400, 500)) - {401, 408, 429}
 
-Merge = Callable[[Sequence[Op]], Awaitable[int]]
-"""Stores ops received from the hub (verified, marked synced); returns how many were new."""
+Merge = Callable[
+    [Sequence[Op], Sequence[Refusal], Mapping[str, str]], Awaitable[tuple[int, Sequence[Refusal]]]
+]
+"""Stores ops received from the hub (verified, marked synced), op by op if one is
+refused, quarantines the refused ones (those given, already refused, too) and sets
+the metadata given (the cursor), all in one transaction; returns how many ops were
+new and every op refused."""
+Retry = Callable[[], Awaitable[tuple[int, Sequence[Refusal]]]]
+"""Tries the quarantined ops again; returns how many were stored and those refused again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +102,9 @@ class Backoff:
 
     base_s: float = 0.2
     cap_s: float = 30.0
+    reset_after_s: float = 30.0
+    """A session that stays up this long counts as working even if it did nothing,
+    and the delays start again from ``base_s``."""
 
     def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
         return rand() * min(self.cap_s, self.base_s * 2.0 ** min(failures, 30))
@@ -95,7 +119,15 @@ class SyncReport:
     pulled: int
     """Ops received that were new here."""
     cursor: int
-    """Position in the hub's log this replica now holds everything up to."""
+    """Position in the hub's log this replica now holds everything up to (every op
+    before it is stored, or quarantined)."""
+    refused: int = 0
+    """Ops received during the call that this replica refused (now quarantined)."""
+    quarantined: int = 0
+    """Ops in the quarantine now: refused, kept with their reason, tried again at
+    every session (``chrysalis status`` shows them too)."""
+    quarantine_reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """The quarantine by reason code (``bad_signature``, ``forged_writer``, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +141,10 @@ class SyncState:
     pushed: int
     pulled: int
     last_error: str | None
+    quarantined: int = 0
+    """Ops received that this replica refused and keeps aside with the reason."""
+    quarantine_reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """The quarantine by reason code."""
 
 
 class SyncClient:
@@ -128,9 +164,14 @@ class SyncClient:
         interval_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
+        retry: Retry | None = None,
+        quarantine: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.merge = merge
+        self.retry = retry
         self.agent_id = agent_id
         self.public_key = public_key
         self.url = url
@@ -141,8 +182,17 @@ class SyncClient:
         self.connect_timeout_s = connect_timeout_s
         """How long :meth:`sync_now` goes on retrying when connection attempts fail."""
         self.backoff = backoff or Backoff()
+        self.clock = clock
+        """Measures how long sessions stay up (for the backoff)."""
+        self.rand = rand
+        """Draws the backoff's jitter."""
+        self.failures = 0
+        """Connection attempts in a row that did not lead to a working session."""
         self.pushed = 0
         self.pulled = 0
+        self.refused = 0
+        self.quarantine: dict[str, int] = dict(quarantine or {})
+        """The store's quarantine by reason, as of the last merge that changed it."""
         self.hub_id: str | None = None
         self.cursor = 0
         self.last_error: SyncError | None = None
@@ -185,6 +235,8 @@ class SyncClient:
             pushed=self.pushed,
             pulled=self.pulled,
             last_error=None if self.last_error is None else str(self.last_error),
+            quarantined=sum(self.quarantine.values()),
+            quarantine_reasons=dict(self.quarantine),
         )
 
     @property
@@ -196,10 +248,10 @@ class SyncClient:
         return self._session is not None
 
     async def _run(self) -> None:
-        failures = 0
         while not self._closing:
             self._connection = "connecting"
-            session_worked = opened = nobody_there = False
+            opened = nobody_there = False
+            session: _Session | None = None
             try:
                 async with connect(
                     self.url,
@@ -215,7 +267,7 @@ class SyncClient:
                 ) as connection:
                     opened = True
                     session = _Session(self, connection)
-                    session_worked = await session.run()
+                    await session.run()
             except InvalidStatus as error:
                 self.last_error = _refusal(error, self.url)
                 # 4xx: not a hub's websocket endpoint; 5xx (a connection limit): a busy hub.
@@ -228,27 +280,34 @@ class SyncClient:
                 )
             except HubRejectedError as error:
                 self.last_error = error
-            except (SyncError, SyncProtocolError, InvalidOpError) as error:
+            except (SyncError, SyncProtocolError, InvalidOpError, StoreError) as error:
                 self.last_error = SyncError(f"sync with {self.url} failed: {error}")
+            except Exception as error:  # a bug: the worker must not die of it, silently
+                log.exception("%s: sync with %s failed", self.agent_id, self.url)
+                self.last_error = SyncError(f"sync with {self.url} failed: {error!r}")
             if self.closing:
                 break
-            if session_worked:
-                failures = 0
+            welcomed = session is not None and session.welcomed_at is not None
+            if session is not None and session.worked():
+                self.failures = 0
             else:
-                failures += 1
+                # Welcomed and then failing at once (a hub whose store fails, say) is a
+                # failure too: reconnecting at once would only fail again, in a hot loop.
+                self.failures += 1
                 if self.last_error is not None:
                     log.log(
-                        logging.WARNING if failures in (1, 5, 20) else logging.DEBUG,
+                        logging.WARNING if self.failures in (1, 5, 20) else logging.DEBUG,
                         "%s: %s (attempt %d)",
                         self.agent_id,
                         self.last_error,
-                        failures,
+                        self.failures,
                     )
             self._connection = "offline"
-            self._nobody_there = nobody_there and not session_worked
+            self._nobody_there = nobody_there and not welcomed
             self._attempted.set()
+            delay = self.backoff.delay(self.failures, self.rand)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.backoff.delay(failures))
+                await asyncio.wait_for(self._kick.wait(), delay)
             self._kick.clear()
 
     # --- called by the session -------------------------------------------------------
@@ -327,7 +386,7 @@ class SyncClient:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pushed, pulled = self.pushed, self.pulled
+        pushed, pulled, refused = self.pushed, self.pulled, self.refused
         while True:
             left = deadline - loop.time()
             session = await self._connected_session(
@@ -345,7 +404,14 @@ class SyncClient:
                         f"lost the hub at {self.url} and could not sync within {timeout:g} s"
                     ) from None
                 continue
-            return SyncReport(self.pushed - pushed, self.pulled - pulled, self.cursor)
+            return SyncReport(
+                self.pushed - pushed,
+                self.pulled - pulled,
+                self.cursor,
+                refused=self.refused - refused,
+                quarantined=sum(self.quarantine.values()),
+                quarantine_reasons=dict(self.quarantine),
+            )
 
     async def search(
         self,
@@ -370,6 +436,10 @@ class SyncClient:
             raise HubUnreachableError(
                 f"the hub at {self.url} did not answer a search within {timeout:g} s"
             ) from None
+
+
+def _reasons(counts: Mapping[str, int]) -> str:
+    return ", ".join(sorted(counts)) or "no reason"
 
 
 def _unreachable(error: BaseException, url: str) -> HubUnreachableError:
@@ -429,14 +499,27 @@ class _Session:
         self._saved_cursor = -1
         self._pause_until = 0.0
         self._lost = False
+        self.welcomed_at: float | None = None
+        self.progressed = False
+        """Whether this session did something: stored ops, had ops acknowledged,
+        moved the cursor (or started the replica over with a new hub)."""
 
-    async def run(self) -> bool:
-        """Returns whether the hub welcomed this agent (the connection worked)."""
+    def worked(self) -> bool:
+        """Whether the session counts as working, for the backoff: it did something,
+        or it stayed up for ``Backoff.reset_after_s``."""
+        if self.progressed:
+            return True
+        if self.welcomed_at is None:
+            return False
+        return self.client.clock() - self.welcomed_at >= self.client.backoff.reset_after_s
+
+    async def run(self) -> None:
         client = self.client
         cursor = int(await client.store.meta(CURSOR_KEY) or 0)
         saved_hub = await client.store.meta(HUB_ID_KEY)
         await self._send(self.protocol.hello(cursor))
         welcome = await self._welcome()
+        self.welcomed_at = client.clock()
         if (saved_hub is not None and welcome.hub_id != saved_hub) or welcome.cursor < cursor:
             # Another hub, or this one restored from an older backup: our cursor
             # means nothing there, and it may lack ops it once acknowledged. Read it
@@ -448,18 +531,26 @@ class _Session:
             )
             await self._requeue_own_ops()
             await client.store.set_meta({CURSOR_KEY: "0", HUB_ID_KEY: welcome.hub_id})
+            self._saved_cursor = 0
+            self.progressed = True
             client._kick.set()
-            return True
+            return
         if saved_hub is None:
             await client.store.set_meta({HUB_ID_KEY: welcome.hub_id})
         client.hub_id, client.cursor = welcome.hub_id, cursor
+        self._saved_cursor = cursor
         await self._pin(welcome.keys)
+        await self._retry_quarantined()
+        # The first pull is on its way before sync_now() can see the session, so that
+        # it waits for that pull rather than starting a second one from the same cursor.
+        self._pulling = True
+        self._caught_up.clear()
         client._attach(self)
         pusher = asyncio.create_task(self._push_pending())
         safety_net = asyncio.create_task(self._every_interval())
         try:
             client._wake.set()
-            await self._pull()
+            await self._send(self.protocol.pull())
             async for frame in self.connection:
                 for event in self.protocol.receive(frame):
                     await self._handle(event)
@@ -485,7 +576,6 @@ class _Session:
                     future.set_exception(HubUnreachableError("the hub connection was lost"))
             with contextlib.suppress(ChrysalisError):
                 await self._save_cursor(force=True)
-        return True
 
     async def _send(self, frame: bytes) -> None:
         await self.connection.send(frame, text=True)
@@ -520,37 +610,63 @@ class _Session:
         raise SyncError("the hub did not answer the hello")
 
     async def _pin(self, keys: Mapping[str, str]) -> None:
-        """Pin the writers' keys the hub registered, before any of their ops arrive."""
+        """Pin the writers' keys the hub registered, before any of their ops arrive.
+
+        The hub binds each agent's key to its token, so its word replaces a pin
+        that vouches for no op held here (see ``OpStore.confirm_writer_key``).
+        This agent's own key is its own to know."""
+        client = self.client
         for writer, key in keys.items():
+            if writer == client.agent_id:
+                continue
             try:
-                await self.client.store.pin_writer_key(writer, key)
+                if await client.store.confirm_writer_key(writer, key):
+                    log.debug("%s: %r pinned to the key the hub confirms", client.agent_id, writer)
             except InvalidOpError as error:
-                log.warning("%s: hub key for %r ignored: %s", self.client.agent_id, writer, error)
+                log.warning("%s: hub key for %r ignored: %s", client.agent_id, writer, error)
+
+    async def _retry_quarantined(self) -> None:
+        """Try the quarantined ops again, now that the hub's keys are pinned."""
+        client = self.client
+        if client.retry is None or not client.store.quarantine_size:
+            return
+        stored, refused = await client.retry()
+        if stored:
+            client.pulled += stored
+            self.progressed = True
+            log.info("%s: %d quarantined op(s) stored on retry", client.agent_id, stored)
+        client.quarantine = await client.store.quarantine_summary()
+        if refused:
+            log.info(
+                "%s: %d op(s) still quarantined (%s)",
+                client.agent_id,
+                sum(client.quarantine.values()),
+                _reasons(client.quarantine),
+            )
 
     # --- receiving -----------------------------------------------------------------------
 
     async def _handle(self, event: ClientEvent) -> None:
         client = self.client
         if isinstance(event, UpdateReceived):
-            await self._merge(event.ops)
-            if event.gap:
-                if not self._pulling:
-                    await self._pull()
-            else:
-                await self._save_cursor()
+            await self._apply(event)
+            if event.gap and not self._pulling:
+                await self._pull()
         elif isinstance(event, OpsReceived):
-            self._pulling = False
-            await self._merge(event.ops)
-            await self._save_cursor(force=bool(event.ops))
+            # Still pulling while the page is stored: a pull sent meanwhile (by
+            # catch_up()) would start a second chain from the cursor not moved yet.
+            await self._apply(event)
             if event.more:
                 await self._pull()
             else:
+                self._pulling = False
                 self._caught_up.set()
         elif isinstance(event, Acked):
             self._done(event.batch)
             if event.accepted:
                 await client.store.set_status(event.accepted, SyncStatus.SYNCED)
                 client.pushed += len(event.accepted)
+                self.progressed = True
             if event.rejected:
                 await client.store.set_status(list(event.rejected), SyncStatus.RETRY)
                 self._refused.update(event.rejected)
@@ -572,6 +688,10 @@ class _Session:
             event.code,
             event.message,
         )
+        if event.fatal:
+            self.client.last_error = SyncError(
+                f"the hub at {self.client.url} ended the session: {event.code}: {event.message}"
+            )
         if event.batch is not None:
             cids = self._done(event.batch)
             if event.code in _RETRY_LATER:
@@ -585,12 +705,45 @@ class _Session:
             if future is not None and not future.done():
                 future.set_exception(SyncError(f"remote search failed: {event.message}"))
 
-    async def _merge(self, ops: Sequence[Op]) -> None:
-        if ops:
-            self.client.pulled += await self.client.merge(ops)
+    async def _apply(self, event: Applicable) -> None:
+        """Store the ops of a page or update (quarantining those refused), then tell
+        the protocol: the cursor moves past them only once that has committed, and
+        it is saved in the same transaction."""
+        client, protocol = self.client, self.protocol
+        before = protocol.cursor
+        if event.ops or event.malformed:
+            malformed = [Refusal.undecodable(m.raw, m.reason, m.writer) for m in event.malformed]
+            cursor = protocol.cursor_after(event)
+            meta = {CURSOR_KEY: str(cursor)} if cursor != self._saved_cursor else {}
+            new, refused = await client.merge(event.ops, malformed, meta)
+            if meta:
+                self._saved_cursor, self._cursor_saved_at = cursor, time.monotonic()
+            client.pulled += new
+            self.progressed = self.progressed or new > 0
+            if refused:
+                await self._note_refusals(refused)
+        if protocol.applied(event) > before:
+            self.progressed = True
+        await self._save_cursor()
+
+    async def _note_refusals(self, refused: Sequence[Refusal]) -> None:
+        client = self.client
+        client.refused += len(refused)
+        client.quarantine = await client.store.quarantine_summary()
+        first = refused[0]
+        log.warning(
+            "%s: refused %d op(s) from the hub, kept in the quarantine (%s); e.g. op %s by %s: %s",
+            client.agent_id,
+            len(refused),
+            _reasons({r.reason: 1 for r in refused}),
+            first.cid[:16],
+            first.writer or "an unknown writer",
+            first.detail,
+        )
 
     async def _save_cursor(self, *, force: bool = False) -> None:
-        """Save the cursor now and then (a lost save only means pulling again)."""
+        """Save the cursor now and then (a lost save only means pulling again): the
+        cursor of ranges whose ops are stored already, or that had none to store."""
         client = self.client
         client.cursor = self.protocol.cursor
         now = time.monotonic()

@@ -18,14 +18,22 @@ and raises :class:`UsageError` / :class:`InvalidArgumentError` instead.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from chrysalis_memory.errors import InvalidArgumentError, ProtocolError, UsageError
-from chrysalis_memory.model.ops import AGENT_ID_PATTERN, MemoryKind, Op
+import msgspec
+
+from chrysalis_memory.errors import (
+    InvalidArgumentError,
+    MalformedOpError,
+    ProtocolError,
+    UsageError,
+)
+from chrysalis_memory.model.ops import AGENT_ID_PATTERN, MemoryKind, Op, decode_op
 from chrysalis_memory.sync.messages import (
     ERROR_CODES,
     MAX_ERROR_CHARS,
@@ -63,6 +71,7 @@ DEFAULT_MAX_BATCH = 100
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _AGENT_PATTERN = re.compile(AGENT_ID_PATTERN)
 _MIN_FRAME_BYTES = 1024
+_APPLIED_RANGES_KEPT = 1024  # applied ranges that do not join the cursor yet (after a gap)
 
 
 class ClientState(enum.Enum):
@@ -105,22 +114,49 @@ class Acked:
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedOp:
+    """An op of a page or an update that does not decode (:func:`decode_op` refused
+    it): this agent cannot store it, and the hub relayed it, so it is no violation
+    of the hub's. Quarantine it (``raw`` is the bytes as received, ``cid`` their
+    SHA-256, ``writer`` the writer it claims if that could be read), so that it
+    costs no other op of the page."""
+
+    index: int
+    cid: str
+    raw: bytes
+    writer: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class OpsReceived:
-    """One page of a pull. Pull again from ``cursor`` while ``more``."""
+    """One page of a pull: the ops of the hub's log in (``after``, ``cursor``].
+
+    Store (or quarantine) them, then report it with
+    :meth:`ClientProtocol.applied`: only then does the cursor move past them.
+    Pull again from the cursor while ``more``.
+    """
 
     ops: tuple[Op, ...]
     cursor: int
     more: bool
+    after: int
+    malformed: tuple[MalformedOp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateReceived:
-    """A live broadcast. ``gap``: ops before it were missed; pull from the client cursor."""
+    """A live broadcast of the ops in (``after``, ``cursor``] this agent does not hold.
+
+    Store (or quarantine) them, then report it with :meth:`ClientProtocol.applied`.
+    ``gap``: ops before it were missed; pull from the client cursor.
+    """
 
     ops: tuple[Op, ...]
     after: int
     cursor: int
     gap: bool
+    malformed: tuple[MalformedOp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +177,8 @@ class ServerError:
 
 
 ClientEvent = Welcome | Acked | OpsReceived | UpdateReceived | SearchResult | ServerError
+Applicable = OpsReceived | UpdateReceived
+"""The events that carry ops, which the transport applies and reports applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +255,37 @@ def _check_ops(ops: Sequence[Op], limit: int, what: str) -> None:
         raise InvalidArgumentError(f"{what} takes Op objects")
     if len({op.cid for op in ops}) != len(ops):
         raise InvalidArgumentError(f"{what} must not repeat an op")
+
+
+def _joined(cursor: int, ranges: Iterable[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
+    """The cursor once every range (after, last] that joins up with it is taken, and
+    the ranges that still do not (they lie beyond a gap)."""
+    pending = sorted(ranges)
+    moved = True
+    while moved:
+        moved = False
+        rest: list[tuple[int, int]] = []
+        for after, last in pending:
+            if after <= cursor:
+                if last > cursor:
+                    cursor, moved = last, True
+            else:
+                rest.append((after, last))
+        pending = rest
+    return cursor, pending
+
+
+class _Claimed(msgspec.Struct):
+    writer: object = None
+
+
+def _claimed_writer(raw: bytes) -> str | None:
+    """The writer an op that does not decode claims, if that much can be read."""
+    try:
+        writer = msgspec.json.decode(raw, type=_Claimed).writer
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return writer if isinstance(writer, str) and _AGENT_PATTERN.match(writer) else None
 
 
 def _check_page(n_ops: int, after: int, cursor: int, more: bool) -> str | None:
@@ -326,9 +395,11 @@ class _Protocol:
 class ClientProtocol(_Protocol):
     """The agent's end of a session: CONNECTED → HELLO_SENT → READY → CLOSED.
 
-    Tracks the agent's cursor in the hub's log (advanced by ``ops`` pages and
-    ``update`` broadcasts that join up with it, never past a gap), the pushed
-    batches not acknowledged yet, the pulls and the searches not answered yet.
+    Tracks the agent's cursor in the hub's log, the pushed batches not
+    acknowledged yet, the pulls and the searches not answered yet. The cursor
+    moves when the transport reports a page or an update *applied*
+    (:meth:`applied`: every op of it stored or quarantined), over ranges that join
+    up with it, never past a gap; receiving one moves only :attr:`received`.
     """
 
     def __init__(
@@ -351,6 +422,9 @@ class ClientProtocol(_Protocol):
         self.public_key = public_key
         self._state = ClientState.CONNECTED
         self._cursor = 0
+        self._received = 0
+        self._unapplied: Counter[tuple[int, int]] = Counter()
+        self._applied: list[tuple[int, int]] = []  # applied, beyond a gap from the cursor
         self.hub_id: str | None = None
         self.keys: Mapping[str, str] = {}
         self._server_max_batch = max_batch
@@ -367,8 +441,45 @@ class ClientProtocol(_Protocol):
 
     @property
     def cursor(self) -> int:
-        """The last op number of the hub's log this agent holds every op up to."""
+        """The last op number of the hub's log this agent holds every op up to: moved
+        by :meth:`applied`, never by receiving alone."""
         return self._cursor
+
+    @property
+    def received(self) -> int:
+        """How far the pages and updates received join up (applied or not): what
+        gaps are detected against."""
+        return max(self._received, self._cursor)
+
+    def cursor_after(self, event: Applicable) -> int:
+        """What :attr:`cursor` will be once ``event`` is applied, without applying
+        it: the transport saves that cursor in the transaction that stores the ops."""
+        self._check_applicable(event)
+        cursor, _ = _joined(self._cursor, [*self._applied, (event.after, event.cursor)])
+        return cursor
+
+    def applied(self, event: Applicable) -> int:
+        """Report that every op of a page or update received is stored or quarantined
+        (committed): the cursor moves past its range if that joins up with it, and
+        past any range applied earlier that now does. Returns the cursor."""
+        key = self._check_applicable(event)
+        self._unapplied[key] -= 1
+        if not self._unapplied[key]:
+            del self._unapplied[key]
+        self._cursor, rest = _joined(self._cursor, [*self._applied, key])
+        self._applied = rest[-_APPLIED_RANGES_KEPT:]  # forgetting one only means pulling it
+        return self._cursor
+
+    def _check_applicable(self, event: Applicable) -> tuple[int, int]:
+        if not isinstance(event, OpsReceived | UpdateReceived):
+            raise InvalidArgumentError("applied() takes an OpsReceived or an UpdateReceived")
+        key = (event.after, event.cursor)
+        if not self._unapplied[key]:
+            raise UsageError(
+                f"no page or update covering ({event.after}, {event.cursor}] is waiting to "
+                "be applied"
+            )
+        return key
 
     @property
     def push_limit(self) -> int:
@@ -406,7 +517,7 @@ class ClientProtocol(_Protocol):
                 versions=self.versions,
             )
         )
-        self._cursor = cursor
+        self._cursor = self._received = cursor
         self._state = ClientState.HELLO_SENT
         return data
 
@@ -564,23 +675,26 @@ class ClientProtocol(_Protocol):
         if not self._pulls:
             raise self._violation("ops page without a pull")
         after, limit = self._pulls.popleft()
-        ops = self._ops(message.ops, limit, "ops page")
-        problem = _check_page(len(ops), after, message.cursor, message.more)
+        ops, malformed = self._ops(message.ops, limit, "ops page")
+        problem = _check_page(len(message.ops), after, message.cursor, message.more)
         if problem:
             raise self._violation(f"ops page: {problem}")
-        if after <= self._cursor:
-            self._cursor = max(self._cursor, message.cursor)
-        return OpsReceived(ops, message.cursor, message.more)
+        self._receive_range(after, message.cursor)
+        return OpsReceived(ops, message.cursor, message.more, after, malformed)
 
     def _on_update(self, message: UpdateMessage) -> UpdateReceived:
-        ops = self._ops(message.ops, self._server_max_batch, "update")
-        problem = _check_page(len(ops), message.after, message.cursor, False)
+        ops, malformed = self._ops(message.ops, self._server_max_batch, "update")
+        problem = _check_page(len(message.ops), message.after, message.cursor, False)
         if problem:
             raise self._violation(f"update: {problem}")
-        gap = message.after > self._cursor
-        if not gap:
-            self._cursor = max(self._cursor, message.cursor)
-        return UpdateReceived(ops, message.after, message.cursor, gap)
+        gap = message.after > self.received
+        self._receive_range(message.after, message.cursor)
+        return UpdateReceived(ops, message.after, message.cursor, gap, malformed)
+
+    def _receive_range(self, after: int, cursor: int) -> None:
+        if after <= self.received:
+            self._received = max(self.received, cursor)
+        self._unapplied[(after, cursor)] += 1
 
     def _on_search_result(self, message: SearchResultMessage) -> SearchResult:
         k = self._searches.get(message.request)
@@ -591,12 +705,32 @@ class ClientProtocol(_Protocol):
         del self._searches[message.request]
         return SearchResult(message.request, message.hits)
 
-    def _ops(self, raws: RawOps, limit: int, what: str) -> tuple[Op, ...]:
-        try:
-            return decode_ops(raws, limit=limit, what=what)
-        except SyncProtocolError:
-            self._closed = True
-            raise
+    def _ops(
+        self, raws: RawOps, limit: int, what: str
+    ) -> tuple[tuple[Op, ...], tuple[MalformedOp, ...]]:
+        """The ops of a page or update, and those that do not decode. Too many ops,
+        or one op twice, is the hub's violation; an op the hub stored that this
+        agent cannot decode is not (a newer writer, damage on the hub's disk)."""
+        if len(raws) > limit:
+            raise self._violation(
+                f"{what} carries {len(raws)} ops, over the limit of {limit}", "too_large"
+            )
+        ops: list[Op] = []
+        malformed: list[MalformedOp] = []
+        seen: set[str] = set()
+        for index, item in enumerate(raws):
+            raw = bytes(item)
+            try:
+                op = decode_op(raw, index=index)
+            except MalformedOpError as exc:
+                cid = hashlib.sha256(raw).hexdigest()
+                malformed.append(MalformedOp(index, cid, raw, _claimed_writer(raw), str(exc)))
+                continue
+            if op.cid in seen:
+                raise self._violation(f"{what}: op #{index} repeats an earlier op")
+            seen.add(op.cid)
+            ops.append(op)
+        return tuple(ops), tuple(malformed)
 
 
 # --- the hub's side ---------------------------------------------------------------------

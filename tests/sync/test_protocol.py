@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -16,6 +17,7 @@ from chrysalis_memory.sync import (
     ClientProtocol,
     ClientState,
     HelloReceived,
+    MalformedOp,
     OpsReceived,
     PullRequested,
     PushReceived,
@@ -135,15 +137,17 @@ def test_pull_pages_until_more_is_false() -> None:
         (page,) = link.run()
         assert isinstance(page, OpsReceived)
         pages.append(page)
+        assert link.client.applied(page) == page.cursor
         if not page.more:
             break
         link.send(link.client.pull())
     assert [len(p.ops) for p in pages] == [10, 10, 5]
+    assert [(p.after, p.cursor) for p in pages] == [(0, 10), (10, 20), (20, 25)]
     assert [op for p in pages for op in p.ops] == POOL[:25]
     assert link.client.cursor == 25
     # Caught up: an empty final page.
     link.send(link.client.pull())
-    assert link.run() == [OpsReceived((), 25, False)]
+    assert link.run() == [OpsReceived((), 25, False, 25)]
 
 
 def test_resume_from_a_cursor() -> None:
@@ -160,14 +164,15 @@ def test_updates_advance_the_cursor_and_detect_gaps() -> None:
     # Contiguous: (25, 27] with ops 26 and 27.
     (ev,) = client.receive(server.update(POOL[25:27], 25, 27))
     assert ev == UpdateReceived(tuple(POOL[25:27]), 25, 27, gap=False)
-    assert client.cursor == 27
+    assert client.applied(ev) == client.cursor == 27
     # Op 28 was the agent's own: the hub leaves it out, no gap.
     (ev,) = client.receive(server.update(POOL[28:29], 27, 29))
-    assert isinstance(ev, UpdateReceived) and not ev.gap and client.cursor == 29
+    assert isinstance(ev, UpdateReceived) and not ev.gap
+    assert client.applied(ev) == 29
     # Ops 30..31 were lost (a dropped broadcast): gap, and the cursor stays put.
-    (ev,) = client.receive(server.update(POOL[31:32], 31, 32))
-    assert isinstance(ev, UpdateReceived) and ev.gap and ev.ops == (POOL[31],)
-    assert client.cursor == 29
+    (gap,) = client.receive(server.update(POOL[31:32], 31, 32))
+    assert isinstance(gap, UpdateReceived) and gap.gap and gap.ops == (POOL[31],)
+    assert client.applied(gap) == client.cursor == 29
     # The gap is repaired by a pull from the cursor.
     hub = link.handler
     assert isinstance(hub, Hub)
@@ -175,10 +180,72 @@ def test_updates_advance_the_cursor_and_detect_gaps() -> None:
     link.send(client.pull())
     (page,) = link.run()
     assert isinstance(page, OpsReceived) and page.ops == tuple(POOL[29:32])
-    assert client.cursor == 32
+    assert client.applied(page) == 32
     # A duplicate broadcast changes nothing.
     (ev,) = client.receive(server.update(POOL[31:32], 31, 32))
-    assert isinstance(ev, UpdateReceived) and not ev.gap and client.cursor == 32
+    assert isinstance(ev, UpdateReceived) and not ev.gap
+    assert client.applied(ev) == 32
+
+
+def test_the_cursor_moves_when_a_page_is_applied_not_when_it_arrives() -> None:
+    link = session(max_batch=10)
+    client = link.client
+    link.send(client.pull())
+    (page,) = link.run()
+    assert isinstance(page, OpsReceived) and (page.after, page.cursor) == (0, 10)
+    # Received, not stored yet: a connection lost now must pull these ops again.
+    assert client.cursor == 0 and client.received == 10
+    assert client.cursor_after(page) == 10 and client.cursor == 0  # asking changes nothing
+    assert client.applied(page) == client.cursor == 10
+    with pytest.raises(UsageError, match=r"no page or update covering \(0, 10\]"):
+        client.applied(page)  # once only
+    with pytest.raises(UsageError, match="waiting to be applied"):
+        client.applied(OpsReceived((), 99, False, 10))  # never received
+
+
+def test_ranges_applied_out_of_order_join_up_when_the_first_is_applied() -> None:
+    link = session(max_batch=10)
+    client, server = link.client, link.server
+    link.send(client.pull())
+    (page,) = link.run()
+    assert isinstance(page, OpsReceived)
+    # An update joining the page received, not the cursor: no gap (nothing was missed).
+    (update,) = client.receive(server.update(POOL[25:27], 25, 27))
+    assert isinstance(update, UpdateReceived) and update.gap
+    (update,) = client.receive(server.update(POOL[10:12], 10, 12))
+    assert isinstance(update, UpdateReceived) and not update.gap
+    # Applied before the page it follows: the cursor cannot move past the page's ops.
+    assert client.cursor_after(update) == 0
+    assert client.applied(update) == 0
+    assert client.cursor_after(page) == 12
+    assert client.applied(page) == client.cursor == 12
+
+
+def test_an_op_that_does_not_decode_is_delivered_as_malformed_not_a_violation() -> None:
+    link = session()
+    client = link.client
+    client.pull(after=0, limit=3)
+    bad = b'{"doc":"x","v":1}'
+    data = (
+        b'{"type":"ops","v":1,"cursor":3,"more":false,"ops":['
+        + POOL[0].encoded
+        + b","
+        + bad
+        + b',{"writer":"agent-z","seq":"nope"}]}'
+    )
+    (page,) = client.receive(data)
+    assert isinstance(page, OpsReceived) and page.ops == (POOL[0],)
+    assert [m.index for m in page.malformed] == [1, 2]
+    first = page.malformed[0]
+    assert isinstance(first, MalformedOp) and first.raw == bad and first.writer is None
+    assert first.cid == hashlib.sha256(bad).hexdigest() and "invalid op" in first.reason
+    assert page.malformed[1].writer == "agent-z"
+    assert client.state is ClientState.READY
+    assert client.applied(page) == 3
+    # Counted against the page's range like any op: three ops need three positions.
+    client.pull(after=3, limit=3)
+    with pytest.raises(SyncProtocolError, match="no room for 2 ops"):
+        client.receive(b'{"type":"ops","v":1,"cursor":4,"more":false,"ops":[' + bad + b",1]}")
 
 
 def test_search_round_trip() -> None:

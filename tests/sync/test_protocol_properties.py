@@ -161,6 +161,7 @@ def test_a_pull_loop_delivers_every_op_once_in_order(
         (page,) = client.receive(server.ops(page_ops, cursor, more=cursor < len(log)))
         assert isinstance(page, OpsReceived)
         received.extend(page.ops)
+        client.applied(page)
         if not page.more:
             break
     else:
