@@ -246,23 +246,25 @@ async def test_fake_members_are_not_admitted(open_agent: OpenAgent, members: Mem
         return peer_of(a).node.state_of("agent-b") == "alive"
 
     await wait_until(b_known, timeout=10, what="agent-b alive at agent-a")
-    connection, _ = await connect_as(
-        a.gossip_url or "", "agent-m", m_signer, {"agent-a": key_of(a)}
-    )
-    received = state(a).messages_received
-    async with connection:
-        for frame in range(200):
-            fakes = tuple(
-                Member(f"fake-{frame}-{i}", f"ws://10.9.{frame}.{i}:7400", "alive", 1)
-                for i in range(wire.MAX_MEMBERS)
-            )
-            await connection.send(wire.encode("agent-m", UNREACHABLE, Ping(0, fakes)), text=True)
-        await connection.send(wire.encode("agent-m", UNREACHABLE, Ping(0)), text=True)
+    async with Listener(("agent-m", m_signer), {"agent-a": key_of(a)}) as home:
+        connection, _ = await connect_as(
+            a.gossip_url or "", "agent-m", m_signer, {"agent-a": key_of(a)}, addr=home.url
+        )
+        async with connection:
+            for frame in range(200):
+                fakes = tuple(
+                    Member(f"fake-{frame}-{i}", f"ws://10.9.{frame}.{i}:7400", "alive", 1)
+                    for i in range(wire.MAX_MEMBERS)
+                )
+                ping = wire.encode("agent-m", home.url, Ping(0, fakes))
+                await connection.send(ping, text=True)
+            await connection.send(wire.encode("agent-m", home.url, Ping(777)), text=True)
 
-        async def all_read() -> bool:  # frames are handled one by one, in order
-            return state(a).messages_received >= received + 201
+            async def acked() -> bool:  # frames are handled in order: all 200 were
+                messages = [json.loads(f) for f in home.frames]
+                return any(m.get("msg", {}).get("probe") == 777 for m in messages)
 
-        await wait_until(all_read, timeout=20, what="the 201 frames handled")
+            await wait_until(acked, timeout=20, what="the last ping answered")
     assert set(peer_of(a).node.members(None)) <= {"agent-b", "agent-m"}
     assert state(a).alive + state(a).suspect + state(a).dead <= 2
     assert b.agent_id in peer_of(a).node.members(None)
