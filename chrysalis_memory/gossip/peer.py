@@ -748,6 +748,11 @@ class GossipPeer:
         if self._closing:
             return
         host = _host_of(connection)
+        if len(self._inbound) >= self.config.max_inbound_connections:
+            # Admitted by _admit_request along with others that got here first.
+            self.peers_refused += 1
+            await connection.close(1013, "busy")
+            return
         self._inbound.add(connection)
         self._pending[host] += 1
         try:

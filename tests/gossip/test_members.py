@@ -338,6 +338,19 @@ async def test_inbound_connections_are_bounded_and_strangers_are_timed_out(
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(connection.recv(), 10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+    # Many at once: no more than the limit are held, however they interleave.
+    async def attempt() -> ClientConnection | None:
+        try:
+            return await connect(url, proxy=None)
+        except InvalidStatus:
+            return None
+
+    burst = await asyncio.gather(*(attempt() for _ in range(12)))
+    held = [c for c in burst if c is not None]
+    assert len(peer_of(a)._inbound) <= 3
+    for connection in held:
+        await connection.close()
     # A frame larger than a handshake, before the handshake: closed, not read.
     async with connect(url, proxy=None) as big:
         await big.recv()
