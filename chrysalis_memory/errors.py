@@ -127,6 +127,18 @@ class KeyMismatchError(StoreError):
     """The agent's signing key does not match the ops its store says it wrote."""
 
 
+class StoreCorruptError(StoreError):
+    """The store's database file is damaged (its structure, as SQLite's own check
+    sees it, or a page that cannot be read), so nothing read from it can be vouched
+    for. ``path`` names the file. ``chrysalis verify --db PATH`` lists the damage;
+    restore the file from a backup, or move it away and let the replica fill up
+    again from its peers (see docs/storage.md)."""
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
 # --- embedders ----------------------------------------------------------------------
 
 

@@ -516,10 +516,20 @@ class Hub:
 
     def health(self) -> dict[str, Any]:
         """``status`` is ``degraded`` while a part of the hub is failing (its store, its
-        state file, its token file), and ``problems`` says what; else ``ok``."""
+        state file, its token file) or its store holds damaged op rows (which it never
+        serves: it serves the rest), and ``problems`` says what; else ``ok``. ``damage``
+        counts the damaged op rows and lists the first ones."""
+        problems = [self._faults[part] for part in sorted(self._faults)]
+        damage = None if self._store is None else self._store.damage
+        if damage:
+            problems.append(
+                f"{len(damage)} op rows of {damage.path} are damaged and not served: "
+                f"`{damage.summary()['verify']}` lists them"
+            )
         return {
-            "status": "degraded" if self._faults else "ok",
-            "problems": [self._faults[part] for part in sorted(self._faults)],
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "damage": None if damage is None else damage.summary(),
             "hub_id": self.hub_id,
             "ops": self.head,
             "connections": len(self._sessions),
@@ -668,7 +678,12 @@ class Hub:
         cursor = after
         if after < head:
             try:
-                async for seqno, op, _ in self.store.iter_ops(after=after, batch=limit):
+                async for seqno, op, _ in self.store.iter_log(after=after, batch=limit):
+                    if op is None:  # damaged: never served (the store counts it: store.damage)
+                        if seqno > head:
+                            break
+                        cursor = seqno
+                        continue
                     size = len(op.encoded) + 1
                     if ops and size > budget:
                         break

@@ -47,8 +47,19 @@ from chrysalis_memory.errors import (
     StoreError,
 )
 from chrysalis_memory.model.document import SyncStatus
-from chrysalis_memory.model.ops import MAX_OP_BYTES, Op, decode_op
+from chrysalis_memory.model.ops import MAX_OP_BYTES, Op
 from chrysalis_memory.model.state import DocState, MemoryState, decode_state, new_state
+from chrysalis_memory.store.damage import (
+    OP_ROWS_SQL,
+    SCHEMA_ROWS_SQL,
+    StoreDamage,
+    corrupt_error,
+    damaged_op,
+    is_corruption,
+    op_of_row,
+    row_problem,
+    schema_problem,
+)
 from chrysalis_memory.store.schema import SCHEMA, SCHEMA_VERSION
 
 Durability = Literal["normal", "full"]
@@ -94,12 +105,20 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 
 
 @contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn sqlite3 errors into :class:`StoreError` saying what we were doing."""
+def _translated(action: str, path: Path | None = None) -> Iterator[None]:
+    """Turn sqlite3 errors into :class:`StoreError` saying what we were doing; a
+    :class:`~chrysalis_memory.errors.StoreCorruptError` naming ``path`` when they say
+    the file is damaged."""
     try:
         yield
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        if is_corruption(exc):
+            detail = exc if isinstance(exc, sqlite3.Error) else "text that is not UTF-8"
+            raise corrupt_error(path, f"SQLite cannot read it ({detail}) while {action}") from exc
         raise StoreError(f"local store failed while {action}: {exc}") from exc
+
+
+_STATUS_OF: Final = {status.value.encode(): status for status in SyncStatus}
 
 
 def _op_row(op: Op, status: SyncStatus) -> tuple[Any, ...]:
@@ -322,6 +341,8 @@ class OpStore:
         self._db: aiosqlite.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._text_rows: int | None = None  # rows in the keyword index, when known
+        self.damage = StoreDamage(path)
+        """The op rows found damaged (at open, or when read since): never served."""
         # Whether each word searched for is too common to search for (see search_text);
         # forgotten whenever the keyword index changes.
         self._common_words: dict[str, bool] = {}
@@ -345,13 +366,15 @@ class OpStore:
                 raise StoreError(f"{self.path} is a directory, not a database file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             target, uri = str(self.path), False
-        with _translated(f"opening {target}"):
+        with _translated(f"opening {target}", self.path):
             # Autocommit: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), and a
             # single statement, such as one local write, commits by itself.
             self._db = await aiosqlite.connect(target, uri=uri, isolation_level=None)
         try:
-            with _translated(f"opening {target}"):
+            with _translated(f"opening {target}", self.path):
                 await self._prepare(self._db)
+                if not self.read_only and self.path is not None:
+                    await self._check_at_open()
         except BaseException:
             await self.close()  # never leave a connection (and its thread) behind
             raise
@@ -363,6 +386,7 @@ class OpStore:
             await db.execute("PRAGMA journal_mode = WAL")
             sync = "FULL" if self.durability == "full" else "NORMAL"
             await db.execute(f"PRAGMA synchronous = {sync}")
+            await self._check_schema(db)
             await db.executescript(SCHEMA)
             await db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -382,6 +406,41 @@ class OpStore:
             self._checkpointer = _Checkpointer(self.path)
             await self._checkpointer.start()
 
+    async def _check_schema(self, db: aiosqlite.Connection) -> None:
+        """Before anything is created in the file: its schema must be this version's
+        (see :func:`~chrysalis_memory.store.damage.schema_problem`), or a newer one's,
+        which is refused as such afterwards."""
+        problem = schema_problem(await db.execute_fetchall(SCHEMA_ROWS_SQL))
+        if problem is None:
+            return
+        with suppress(sqlite3.Error, UnicodeDecodeError, ValueError):
+            rows = await db.execute_fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
+            if rows and int(next(iter(rows))[0]) > SCHEMA_VERSION:
+                return
+        raise corrupt_error(self.path, problem)
+
+    async def _check_at_open(self) -> None:
+        """SQLite's ``quick_check`` of the file's structure, then every op row (see
+        :mod:`chrysalis_memory.store.damage`). Damage to the structure refuses the
+        store: nothing read from it could be vouched for. Damaged op rows are
+        recorded in :attr:`damage`, and never served or sent."""
+        started = time.perf_counter()
+        problems = await self.integrity_problems()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise corrupt_error(
+                self.path, f"SQLite's check of its structure found {problems[0]!r}{more}"
+            )
+        damaged = []
+        checked = 0
+        async for rows in self.iter_op_rows():
+            checked += len(rows)
+            for row in rows:
+                problem = row_problem(row)
+                if problem is not None:
+                    damaged.append(damaged_op(row, problem))
+        self.damage.found_at_open(damaged, checked, time.perf_counter() - started)
+
     async def close(self) -> None:
         if self._checkpointer is not None:
             checkpointer, self._checkpointer = self._checkpointer, None
@@ -389,7 +448,9 @@ class OpStore:
         if self._db is not None:
             db, self._db = self._db, None
             if not self.read_only and self.path is not None:
-                with suppress(sqlite3.Error):  # best effort: the WAL is valid either way
+                # Best effort: the WAL is valid either way. (sqlite3 raises UnicodeDecodeError
+                # for a damaged schema's error message.)
+                with suppress(sqlite3.Error, UnicodeDecodeError):
                     await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await db.close()
         self._cache.clear()
@@ -764,18 +825,30 @@ class OpStore:
         async with self._lock:
             with _translated("reading a history"):
                 rows = await self.db.execute_fetchall(
-                    "SELECT body FROM ops WHERE doc_id = ? ORDER BY hlc_ms, hlc_c, writer, cid",
+                    "SELECT seqno, CAST(cid AS BLOB), body FROM ops WHERE doc_id = ? "
+                    "ORDER BY hlc_ms, hlc_c, writer, cid",
                     (doc_id,),
                 )
-        return [decode_op(body) for (body,) in rows]
+        return [op for op in map(self._intact, rows) if op is not None]
 
     async def iter_ops(
         self, *, after: int = 0, batch: int = 1000, statuses: Sequence[SyncStatus] = ()
     ) -> AsyncIterator[tuple[int, Op, SyncStatus]]:
         """Every op, in local arrival order, as ``(seqno, op, status)``.
 
-        ``after`` resumes from a previous ``seqno``; ``statuses`` filters.
+        ``after`` resumes from a previous ``seqno``; ``statuses`` filters. Damaged
+        rows are left out (see :meth:`iter_log`).
         """
+        async for seqno, op, status in self.iter_log(after=after, batch=batch, statuses=statuses):
+            if op is not None and status is not None:
+                yield seqno, op, status
+
+    async def iter_log(
+        self, *, after: int = 0, batch: int = 1000, statuses: Sequence[SyncStatus] = ()
+    ) -> AsyncIterator[tuple[int, Op | None, SyncStatus | None]]:
+        """:meth:`iter_ops` with the damaged rows too, as ``(seqno, None, None)``: an op
+        whose bytes do not hash to its CID is recorded in :attr:`damage` and never
+        handed on, but a reader that counts rows (a cursor) moves past it."""
         where = ""
         extra: list[Any] = []
         if statuses:
@@ -783,17 +856,35 @@ class OpStore:
             extra = [s.value for s in statuses]
         while True:
             async with self._lock:
-                with _translated("reading the op log"):
-                    rows = await self.db.execute_fetchall(
-                        "SELECT seqno, body, sync_status FROM ops WHERE seqno > ?"
-                        f"{where} ORDER BY seqno LIMIT ?",
-                        [after, *extra, batch],
+                with _translated("reading the op log", self.path):
+                    rows = list(
+                        await self.db.execute_fetchall(
+                            "SELECT seqno, CAST(cid AS BLOB), body, CAST(sync_status AS BLOB) "
+                            f"FROM ops WHERE seqno > ?{where} ORDER BY seqno LIMIT ?",
+                            [after, *extra, batch],
+                        )
                     )
             if not rows:
                 return
-            for seqno, body, status in rows:
-                yield seqno, decode_op(body), SyncStatus(status)
-            after = rows[-1][0]  # type: ignore[index]
+            for row in rows:
+                op, status = self._intact(row), _STATUS_OF.get(row[3])
+                if op is not None and status is None:
+                    self.damage.add(damaged_op(row, "its sync status is not one the schema allows"))
+                    op = None
+                yield row[0], op, status if op is not None else None
+            after = rows[-1][0]
+
+    def _intact(self, row: Sequence[Any]) -> Op | None:
+        """The op of a ``(seqno, CID as bytes, body, ...)`` row, if the row is intact:
+        its bytes decode to an op whose CID is the one recorded. Otherwise None, and
+        the row joins :attr:`damage`."""
+        if row[0] in self.damage:
+            return None
+        found = op_of_row(row)
+        if isinstance(found, Op):
+            return found
+        self.damage.add(damaged_op(row, found))
+        return None
 
     # --- reads for gossip -------------------------------------------------------------
 
@@ -804,14 +895,17 @@ class OpStore:
         async with self._lock:
             with _translated("reading the op log"):
                 shared = await self.db.execute_fetchall(
-                    "SELECT writer, wseq FROM ops WHERE seqno <= ? AND sync_status != 'local' "
-                    "ORDER BY writer, wseq",
+                    "SELECT CAST(writer AS BLOB), wseq, seqno FROM ops WHERE seqno <= ? "
+                    "AND sync_status != 'local' ORDER BY writer, wseq",
                     (upto,),
                 )
                 local = await self.db.execute_fetchall(
                     "SELECT DISTINCT doc_id FROM ops WHERE sync_status = 'local'"
                 )
-        return [(str(w), int(s)) for w, s in shared], {str(doc) for (doc,) in local}
+        damaged = self.damage
+        return [
+            (w.decode(), int(s)) for w, s, seqno in shared if not (damaged and seqno in damaged)
+        ], {str(doc) for (doc,) in local}
 
     async def ops_in_ranges(
         self,
@@ -839,15 +933,18 @@ class OpStore:
                 for chunk in _chunks(wanted, 100):
                     where = " OR ".join(["(writer = ? AND wseq BETWEEN ? AND ?)"] * len(chunk))
                     rows = await self.db.execute_fetchall(
-                        f"SELECT body FROM ops WHERE ({where}) AND sync_status != 'local' "
-                        "ORDER BY writer, wseq LIMIT ?",
+                        f"SELECT seqno, CAST(cid AS BLOB), body FROM ops WHERE ({where}) "
+                        "AND sync_status != 'local' ORDER BY writer, wseq LIMIT ?",
                         [*(x for interval in chunk for x in interval), max_ops - len(ops)],
                     )
-                    for (body,) in rows:
-                        if size + len(body) > max_bytes and ops:
+                    for row in rows:
+                        op = self._intact(row)
+                        if op is None:
+                            continue
+                        if size + len(op.encoded) > max_bytes and ops:
                             return ops
-                        ops.append(decode_op(body))
-                        size += len(body)
+                        ops.append(op)
+                        size += len(op.encoded)
                     if len(ops) >= max_ops:
                         break
         return ops
@@ -868,14 +965,15 @@ class OpStore:
                 )
                 readable = {doc for (doc,) in shared}
                 rows = await self._select_in(
-                    "SELECT doc_id, body, sync_status FROM ops WHERE doc_id IN ({marks})",
+                    "SELECT seqno, CAST(cid AS BLOB), body, doc_id, CAST(sync_status AS BLOB) "
+                    "FROM ops WHERE doc_id IN ({marks})",
                     readable,
                 )
-        for doc, body, status in rows:
-            if status == SyncStatus.LOCAL.value:
-                still_local.add(doc)
-            else:
-                ops.append(decode_op(body))
+        for row in rows:
+            if row[4] == b"local":
+                still_local.add(row[3])
+            elif (op := self._intact(row)) is not None:
+                ops.append(op)
         still_local.update(doc for doc in docs if doc not in readable)
         return ops, still_local
 
@@ -942,21 +1040,32 @@ class OpStore:
         """The greatest timestamp in the log: a restarted clock must not go below it."""
         async with self._lock:
             with _translated("reading timestamps"):
-                rows = list(
-                    await self.db.execute_fetchall(
-                        "SELECT hlc_ms, hlc_c FROM ops ORDER BY hlc_ms DESC, hlc_c DESC LIMIT 1"
-                    )
+                # A damaged row's clock columns may say anything: skip those rows.
+                rows = await self.db.execute_fetchall(
+                    "SELECT seqno, hlc_ms, hlc_c FROM ops ORDER BY hlc_ms DESC, hlc_c DESC LIMIT ?",
+                    (len(self.damage) + 1,),
                 )
-        return HLC(*rows[0]) if rows else HLC(0, 0)
+        for seqno, wall_ms, counter in rows:
+            if seqno not in self.damage:
+                return HLC(wall_ms, counter)
+        return HLC(0, 0)
 
     async def state_root(self) -> str:
-        """SHA-256 over the sorted CIDs of every op held: equal on equal op sets."""
+        """SHA-256 over the sorted CIDs of every op held: equal on equal op sets.
+        Damaged rows (:attr:`damage`) are not held: they are never served."""
         digest = hashlib.sha256()
+        damaged = self.damage
         async with self._lock:
-            with _translated("hashing the op log"):
-                async with self.db.execute("SELECT cid FROM ops ORDER BY cid") as cursor:
+            with _translated("hashing the op log", self.path):
+                async with self.db.execute(
+                    "SELECT seqno, CAST(cid AS BLOB) FROM ops ORDER BY cid"
+                ) as cursor:
                     while rows := await cursor.fetchmany(4096):
-                        digest.update("".join(cid for (cid,) in rows).encode("ascii"))
+                        digest.update(
+                            b"".join(
+                                cid for seqno, cid in rows if not (damaged and seqno in damaged)
+                            )
+                        )
         return digest.hexdigest()
 
     async def bytes_by_writer(self) -> dict[str, int]:
@@ -1338,29 +1447,30 @@ class OpStore:
 
     # --- integrity ------------------------------------------------------------------------
 
-    async def integrity_problems(self) -> list[str]:
-        """SQLite's own quick check of the database file."""
+    async def integrity_problems(self, *, full: bool = False) -> list[str]:
+        """SQLite's own check of the database file: ``quick_check`` (its structure), or
+        with ``full`` ``integrity_check`` (indexes against their tables too)."""
+        pragma = "integrity_check" if full else "quick_check"
         async with self._lock:
-            with _translated("checking integrity"):
-                rows = await self.db.execute_fetchall("PRAGMA quick_check")
-        return [str(msg) for (msg,) in rows if msg != "ok"]
+            with _translated("checking integrity", self.path):
+                # As bytes: on a damaged file the messages may quote text that is not UTF-8.
+                rows = await self.db.execute_fetchall(
+                    f"SELECT CAST({pragma} AS BLOB) FROM pragma_{pragma}"
+                )
+        messages = [bytes(msg).decode("utf-8", errors="replace") for (msg,) in rows]
+        return [msg for msg in messages if msg != "ok"]
 
-    async def iter_stored(self, batch: int = 2000) -> AsyncIterator[list[tuple[str, bytes, str]]]:
-        """Raw ``(cid, body, writer)`` rows of the op log, for verification."""
+    async def iter_op_rows(self, batch: int = 5000) -> AsyncIterator[list[Any]]:
+        """Every op row as :data:`~chrysalis_memory.store.damage.OP_ROWS_SQL` reads it
+        (all columns, text as bytes), in arrival order: what the checks read."""
         after = 0
         while True:
             async with self._lock:
-                with _translated("reading the op log"):
-                    rows = list(
-                        await self.db.execute_fetchall(
-                            "SELECT seqno, cid, body, writer FROM ops WHERE seqno > ? "
-                            "ORDER BY seqno LIMIT ?",
-                            (after, batch),
-                        )
-                    )
+                with _translated("reading the op log", self.path):
+                    rows = list(await self.db.execute_fetchall(OP_ROWS_SQL, (after, batch)))
             if not rows:
                 return
-            yield [(cid, body, writer) for _, cid, body, writer in rows]
+            yield rows
             after = rows[-1][0]
 
     async def stored_states(self) -> dict[str, tuple[str, bytes]]:

@@ -1,5 +1,5 @@
 """Faults inside the hub are handled, not fatal: a state file it cannot save, a
-store that cannot take a push, a damaged row. Real hub, real SQLite, raw
+store that cannot take a push, a damaged row (never served). Real hub, real SQLite, raw
 websocket clients; faults are made for real (a directory where a file must go,
 SQLite's own page limit, a row overwritten under the store)."""
 
@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack
 
-import pytest
-from websockets.exceptions import ConnectionClosed
-
 from chrysalis_memory.crdt import HybridClock
 from chrysalis_memory.hub.server import WATERMARK_FILE, Hub
 from chrysalis_memory.model import MemoryPatch, OpAuthor
 from chrysalis_memory.model.ops import Creation, Op
-from chrysalis_memory.sync import Acked, ServerError, Welcome
+from chrysalis_memory.sync import Acked, OpsReceived, ServerError, Welcome
 from tests.hub.conftest import OpenAgent, StartHub, http_get, raw_agent
 from tests.sync.helpers import make_ops, signer_for
 from tests.waiting import wait_until
@@ -130,7 +127,7 @@ async def test_a_push_the_store_cannot_take_is_answered_internal_and_the_session
     await wait_until(recovered, timeout=10, what="/health ok once the store takes ops again")
 
 
-async def test_a_damaged_row_is_answered_internal_not_a_crash_and_health_says_so(
+async def test_a_row_damaged_under_a_running_hub_is_never_served_and_health_says_so(
     start_hub: StartHub,
 ) -> None:
     hub = await start_hub()
@@ -140,7 +137,8 @@ async def test_a_damaged_row_is_answered_internal_not_a_crash_and_health_says_so
         raw = await raw_agent(stack, hub, "agent-a", token, signer_for("agent-a").public_key)
         await raw.send(raw.protocol.hello(0))
         await raw.receive()
-        _, frame = raw.protocol.push(make_ops("agent-a", 3))
+        pushed = make_ops("agent-a", 3)
+        _, frame = raw.protocol.push(pushed)
         await raw.send(frame)
         assert isinstance(await raw.answer(), Acked)
     # Bit rot under the store: the append-only trigger is no protection against that.
@@ -152,13 +150,13 @@ async def test_a_damaged_row_is_answered_internal_not_a_crash_and_health_says_so
         await raw.send(raw.protocol.hello(0))
         await raw.receive()
         await raw.send(raw.protocol.pull(0, 100))
-        (error,) = await raw.receive()
-        assert isinstance(error, ServerError)
-        assert error.code == "internal" and error.fatal
-        assert "damaged after op 1" in error.message
-        with pytest.raises(ConnectionClosed) as closed:
-            await raw.connection.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        (page,) = await raw.receive()
+        # The damaged op is left out (the store re-derives each op's CID as it reads
+        # it to serve), the others are served, and the cursor moves past all three.
+        assert isinstance(page, OpsReceived)
+        assert [op.cid for op in page.ops] == [pushed[0].cid, pushed[2].cid]
+        assert page.cursor == 3 and not page.more
     status, state = await health(hub)
     assert status == 503 and state["status"] == "degraded"
+    assert state["damage"]["ops"][0]["rowid"] == 2  # type: ignore[index]
     assert any("damaged" in p for p in state["problems"])  # type: ignore[attr-defined]

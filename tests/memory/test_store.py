@@ -182,3 +182,71 @@ async def test_sqlite_failures_become_store_errors(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not an SQLite database" * 100)
     with pytest.raises(StoreError, match=r"while opening .*memory\.db"):
         await OpStore(garbage).open()
+
+
+# --- damaged storage (issue 13, item 4; more in tests/hub/test_damaged_store.py) -----
+
+
+def _damage_row(db_path: Path, sql: str, *params: object) -> None:
+    """Change an op row behind the store's back, as a disk or a bad restore can."""
+    with sqlite3.connect(db_path) as db:
+        db.execute("DROP TRIGGER ops_append_only_update")
+        db.execute(sql, params)
+    db.close()
+
+
+async def test_a_damaged_clock_column_is_found_at_open_and_does_not_poison_the_clock(
+    tmp_path: Path,
+) -> None:
+    async with AgentMemory(agent_id="agent-a", data_dir=tmp_path) as mem:
+        for i in range(3):
+            await mem.learn(f"fact {i}", memory_id=f"m{i}")
+    far_future = 1 << 45  # a flipped high bit of the stored wall time (year 3085)
+    _damage_row(_db(tmp_path), "UPDATE ops SET hlc_ms = hlc_ms | ? WHERE seqno = 2", far_future)
+    async with AgentMemory(agent_id="agent-a", data_dir=tmp_path) as mem:
+        await mem.learn("written after the damage", memory_id="m3")
+        (op,) = await mem.history("m3")
+        assert op.hlc.wall_ms < far_future  # the clock resumed from intact rows only
+        (damaged,) = mem.store.damage.ops
+        assert damaged.rowid == 2 and damaged.problem.startswith("its hlc_ms column says ")
+        report = await mem.verify()
+    assert not report.ok
+    assert any(p.startswith("op row 2 (cid ") and "hlc_ms column" in p for p in report.problems)
+
+
+async def test_a_cid_that_is_not_utf8_is_found_at_open_and_reads_still_work(
+    tmp_path: Path,
+) -> None:
+    async with AgentMemory(agent_id="agent-a", data_dir=tmp_path) as mem:
+        for i in range(3):
+            await mem.learn(f"fact {i}", memory_id=f"m{i}")
+    _damage_row(
+        _db(tmp_path),
+        "UPDATE ops SET cid = CAST(X'ff' || CAST(substr(cid, 2) AS BLOB) AS TEXT) WHERE seqno = 1",
+    )
+    async with AgentMemory(agent_id="agent-a", data_dir=tmp_path) as mem:
+        await mem.state_root()  # reads every CID: the damaged one no longer fails it
+        assert len(await mem.export_ops()) == 2
+        assert [d.rowid for d in mem.store.damage.ops] == [1]
+        report = await mem.verify()
+    assert [r["rowid"] for r in report.damaged_ops] == [1]
+
+
+async def test_an_op_damaged_while_the_store_is_open_is_never_handed_on(tmp_path: Path) -> None:
+    async with AgentMemory(agent_id="agent-a", data_dir=tmp_path) as mem:
+        for i in range(3):  # shared (not short-term), so gossip could hand them on
+            await mem.learn(f"fact {i}", memory_id=f"m{i}", importance=0.9)
+        db = mem.store.db  # bit rot under a running store
+        await db.execute("DROP TRIGGER ops_append_only_update")
+        await db.execute(
+            "UPDATE ops SET body = CAST(replace(CAST(body AS TEXT), 'fact 1', 'fact 7') AS BLOB) "
+            "WHERE seqno = 2"
+        )
+        assert {op.doc for op in await mem.export_ops()} == {"m0", "m2"}
+        assert await mem.store.ops_of("m1") == []
+        ops = await mem.store.ops_in_ranges({"agent-a": [(1, 3)]})
+        assert [op.seq for op in ops] == [1, 3]
+        (damaged,) = mem.store.damage.ops
+        assert damaged.rowid == 2 and "altered or damaged" in damaged.problem
+        summary = mem.store.damage.summary()
+        assert summary["damaged_ops"] == 1 and summary["ops"][0]["rowid"] == 2
