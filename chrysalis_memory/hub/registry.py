@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from chrysalis_memory.model.ops import Op
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -106,9 +109,17 @@ class Registry:
         if not text:
             return registry
         fields = {f.name for f in dataclasses.fields(AgentClock)}
-        entries: Any = json.loads(text)
-        for entry in entries:
-            clock = AgentClock(**{k: v for k, v in entry.items() if k in fields})
+        try:
+            entries: Any = json.loads(text)
+            clocks = [AgentClock(**{k: v for k, v in e.items() if k in fields}) for e in entries]
+        except (ValueError, TypeError, AttributeError) as error:  # a damaged database row
+            log.warning(
+                "the hub's saved agent registry cannot be read (%s): starting with an empty "
+                "one, which agents fill again as they connect",
+                error,
+            )
+            return registry
+        for clock in clocks:
             clock.connections = 0
             registry._agents[clock.agent_id] = clock
         return registry

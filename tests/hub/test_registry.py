@@ -32,3 +32,11 @@ def test_a_dump_loads_back_with_nobody_connected() -> None:
     clock = loaded.get("agent-a")
     assert (clock.pushed_ops, clock.pushed_seq, clock.seen, clock.connections) == (2, 2, 2, 0)
     assert len(Registry.load(None)) == 0
+
+
+def test_a_damaged_saved_registry_loads_empty_instead_of_stopping_the_hub() -> None:
+    registry = Registry()
+    registry.stored(make_ops("agent-a", 2))
+    text = registry.dump()
+    for damaged in (text[:-3] + "\x07" + text[-2:], '{"agent_id": 1}', "[1, 2]", '[{"x": 1}]'):
+        assert len(Registry.load(damaged)) == 0
