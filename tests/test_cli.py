@@ -352,6 +352,47 @@ def test_verify_exits_nonzero_on_damage(tmp_path: Path) -> None:
     assert "PROBLEMS" in result.stdout and "differs from a replay" in result.stdout
 
 
+def _damaged_hub_database(data_dir: Path) -> dict[int, str]:
+    """A hub's collective.db holding 40 ops, 12 bits of them flipped (seeded)."""
+    from chrysalis_memory.model.document import SyncStatus
+    from tests.storage_damage import flip_op_bytes
+    from tests.sync.helpers import make_ops
+
+    async def fill() -> None:
+        store = OpStore(data_dir / "collective.db")
+        await store.open()
+        await store.ingest(make_ops("agent-a", 40), SyncStatus.SYNCED)
+        await store.close()
+
+    asyncio.run(fill())
+    return flip_op_bytes(data_dir / "collective.db", flips=12, seed=2)
+
+
+def test_verify_names_every_damaged_op_row_of_a_hub_database(tmp_path: Path) -> None:
+    hub_dir = tmp_path / "hub"
+    damaged = _damaged_hub_database(hub_dir)
+    assert damaged
+    # A hub's data directory is found as such, and so is the file given with --db.
+    for args in (["--data-dir", str(hub_dir)], ["--db", str(hub_dir / "collective.db")]):
+        result = run("verify", *args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "PROBLEMS hub: 40 ops" in result.stdout
+        for rowid, cid in damaged.items():
+            assert f"op row {rowid} (cid {cid[:16]}…): its bytes hash to " in result.stdout
+    report = json.loads(run("verify", "--db", str(hub_dir / "collective.db"), "--json").stdout)
+    (hub,) = report["agents"]
+    assert {(r["rowid"], r["cid"]) for r in hub["damaged_ops"]} == set(damaged.items())
+
+
+def test_verify_reports_a_file_that_is_not_a_database_at_all(tmp_path: Path) -> None:
+    agent_dir = tmp_path / "agent-a"
+    agent_dir.mkdir()
+    (agent_dir / "memory.db").write_bytes(b"\x00" * 4096)
+    result = run("verify", "--data-dir", str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{agent_dir / 'memory.db'} is damaged" in result.stdout
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     result = run("status", "--data-dir", str(tmp_path / "nowhere"))
     assert result.returncode == 2

@@ -27,7 +27,7 @@ from chrysalis_memory.cli.options import AgentOption, DataDirOption, JsonOption
 from chrysalis_memory.cli.progress import PlainProgress
 from chrysalis_memory.cli.simulate import simulate
 from chrysalis_memory.cli.tokens import token_app
-from chrysalis_memory.errors import ChrysalisError
+from chrysalis_memory.errors import ChrysalisError, StoreCorruptError
 
 # The commands import what they need (the store, pydantic, Chroma, websockets) when
 # they run, so that `chrysalis --help` and every `--help` answer at once.
@@ -135,14 +135,35 @@ async def _verify_of(agent: str, path: Path) -> dict[str, Any]:
     from chrysalis_memory.verifier import SignatureVerifier
 
     store = OpStore(path, read_only=True)
+    try:
+        await store.open()
+    except StoreCorruptError as error:  # not even readable as a database
+        unread = {"ops_checked": 0, "documents_checked": 0, "damaged_ops": [], "seconds": 0.0}
+        problems = {"ok": False, **unread, "problems": [str(error)]}
+        return {"agent_id": agent, "db_path": str(path), **problems}
     verifier = SignatureVerifier()
-    await store.open()
     try:
         report = await verify_store(store, verifier)
     finally:
         verifier.close()
         await store.close()
     return {"agent_id": agent, "db_path": str(path), **report.model_dump()}
+
+
+def _verify_targets(
+    data_dir: Path, agent_id: str | None, db: Path | None
+) -> list[tuple[str, Path]]:
+    """What ``chrysalis verify`` checks: the one file ``db``, or the agent stores under
+    ``data_dir`` and the hub's ``collective.db`` if it is a hub's data directory."""
+    if db is not None:
+        if not db.is_file():
+            raise ChrysalisError(f"no database file at {db}")
+        return [("hub" if db.name == "collective.db" else db.parent.name, db)]
+    hub_db = data_dir / "collective.db"
+    if agent_id is not None or not hub_db.is_file():
+        return find_agents(data_dir, agent_id)
+    agents = sorted((p.parent.name, p) for p in data_dir.glob("*/memory.db"))
+    return [("hub", hub_db), *agents]
 
 
 def _per_agent(
@@ -271,10 +292,26 @@ def verify(
     data_dir: DataDirOption = Path("./data"),
     agent_id: AgentOption = None,
     as_json: JsonOption = False,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="Check this one database file instead: an agent's memory.db or a hub's "
+            "collective.db.",
+        ),
+    ] = None,
 ) -> None:
-    """Check every op (CID, signature, pinned key) and that each document
-    equals a replay of the op log. Exits 1 if anything is wrong."""
-    results = _per_agent(data_dir, agent_id, _verify_of)
+    """Check each store: SQLite's integrity check of its file, every op (its bytes
+    against its CID and its columns, its signature, its writer's pinned key), and
+    that each document equals a replay of the op log. Names every damaged op row
+    (row number, CID, what is wrong). A hub's collective.db in --data-dir is
+    checked too. Exits 1 if anything is wrong."""
+    try:
+        targets = _verify_targets(data_dir, agent_id, db)
+        results = [asyncio.run(_verify_of(agent, path)) for agent, path in targets]
+    except ChrysalisError as error:
+        err_console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps({"data_dir": str(data_dir), "agents": results}, indent=2))
     else:
