@@ -319,6 +319,37 @@ class HubConfig(_EnvConfig):
         "of that agent are refused with quota_exceeded (its agent keeps them and retries at "
         "later sessions). 0: no quota.",
     )
+    max_search_k: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Most hits a remote search is answered with (the protocol allows k up to "
+        "1000; a larger k gets this many). The work and memory of a search grow with k.",
+    )
+    search_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Remote searches the hub runs at once, in all. Pushes and pulls never wait "
+        "for them: sync keeps its priority over search.",
+    )
+    max_queued_searches: int = Field(
+        default=16,
+        ge=0,
+        description="Remote searches that may wait for a search worker, in all; one more is "
+        "refused at once with rate_limited (the hub is busy).",
+    )
+    max_searches_per_agent: int = Field(
+        default=2,
+        ge=1,
+        description="Remote searches one agent may have running or waiting; one more is "
+        "refused at once with rate_limited.",
+    )
+    max_search_answer_bytes: int = Field(
+        default=64 << 10,
+        ge=4 << 10,
+        description="Largest search_result frame; the lowest-ranked hits that do not fit are "
+        "left out.",
+    )
     embedder: EmbedderChoice = Field(
         default="auto",
         description="Embeds remote search queries and memories for the collective index; "

@@ -216,3 +216,14 @@ class HubUnreachableError(SyncError):
 class HubRejectedError(SyncError, AuthenticationError):
     """The hub refused this agent: its token is missing, wrong or revoked (HTTP 401),
     or its signing key is not the one bound to it."""
+
+
+class HubBusyError(ChrysalisError):
+    """The hub refused a piece of work at one of its limits (on the wire: a non-fatal
+    ``rate_limited`` error saying which); retry later. ``reason`` names the limit:
+    ``agent_limit`` (this agent has as many searches in progress as it may) or
+    ``busy`` (as many searches wait as the hub queues)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

@@ -5,7 +5,7 @@ Each hub has its own registry, so that several hubs (in tests) do not mix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -38,8 +38,17 @@ class _LagCollector(Collector):
         )
 
 
+def _reading(usage: Callable[[], Mapping[str, int]], key: str) -> Callable[[], float]:
+    return lambda: usage().get(key, 0)
+
+
 class HubMetrics:
-    def __init__(self, registry: Registry, head: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        head: Callable[[], int],
+        usage: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.connections = Gauge("chrysalis_hub_connections", "Open agent connections.", registry=r)
@@ -75,6 +84,21 @@ class HubMetrics:
         )
         self.bytes_out = Counter("chrysalis_hub_bytes_sent", "Payload bytes sent.", registry=r)
         self.searches = Counter("chrysalis_hub_searches", "Remote searches answered.", registry=r)
+        self.searches_refused = Counter(
+            "chrysalis_hub_searches_refused",
+            "Remote searches refused at a limit, by reason (agent_limit, busy).",
+            ["reason"],
+            registry=r,
+        )
+        for name, key, text in (
+            ("chrysalis_hub_searches_running", "searches_running", "Remote searches running."),
+            (
+                "chrysalis_hub_searches_waiting",
+                "searches_waiting",
+                "Remote searches waiting for a search worker.",
+            ),
+        ):
+            Gauge(name, text, registry=r).set_function(_reading(usage, key))
         self.log_ops = Gauge("chrysalis_hub_log_ops", "Ops in the hub's log.", registry=r)
         self.log_ops.set_function(head)
         self.ingest_seconds = Histogram(

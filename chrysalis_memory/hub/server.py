@@ -53,10 +53,12 @@ from chrysalis_memory.errors import (
     ChrysalisError,
     ConfigError,
     DataDirLockedError,
+    HubBusyError,
     InvalidOpError,
     StoreError,
 )
 from chrysalis_memory.gossip.wire import check_addr
+from chrysalis_memory.hub.limits import SearchPool, SearchTicket
 from chrysalis_memory.hub.metrics import HubMetrics
 from chrysalis_memory.hub.registry import Registry
 from chrysalis_memory.hub.tokens import TokenStore
@@ -140,7 +142,7 @@ class Hub:
         self._rate_clock = rate_clock
         self.tokens = TokenStore(self.config.tokens_path)
         self.registry = Registry()
-        self.metrics = HubMetrics(self.registry, lambda: self.head)
+        self.metrics = HubMetrics(self.registry, lambda: self.head, self.usage)
         self.hub_id = ""
         self.head = 0
         """The number of the last op in the hub's log."""
@@ -159,6 +161,13 @@ class Hub:
         self._log_bytes: dict[str, int] = {}
         """Bytes of ops each writer has in the log, for ``max_log_bytes_per_agent``."""
         self._commit = asyncio.Lock()  # log numbering and broadcast order
+        cfg = self.config
+        self.searches = SearchPool(
+            workers=cfg.search_workers,
+            queued=cfg.max_queued_searches,
+            per_agent=cfg.max_searches_per_agent,
+        )
+        """Remote searches running and waiting (see :class:`SearchPool`)."""
         self._saver: asyncio.Task[None] | None = None
         self._faults: dict[str, str] = {}
         """What has failed and not worked again since, by part (for /health)."""
@@ -219,7 +228,7 @@ class Hub:
         await store.set_meta({HUB_ID_KEY: self.hub_id})
         self._save_watermark()
         self.registry = Registry.load(await store.meta(REGISTRY_KEY))
-        self.metrics = HubMetrics(self.registry, lambda: self.head)
+        self.metrics = HubMetrics(self.registry, lambda: self.head, self.usage)
         self._recall = RecallService(
             store,
             embedder=self._embedder,
@@ -557,6 +566,14 @@ class Hub:
                 self.registry.disconnected(agent)
             self.metrics.connections.dec()
 
+    def usage(self) -> dict[str, int]:
+        """What the hub's agents hold of it now, for tests and operators: the remote
+        searches running and waiting for a worker."""
+        return {
+            "searches_running": self.searches.running,
+            "searches_waiting": self.searches.waiting,
+        }
+
     def keys(self) -> dict[str, str]:
         """Every registered signing key, for agents to verify relayed ops."""
         return self.tokens.public_keys()
@@ -701,6 +718,9 @@ class Hub:
         return ops, cursor, cursor < head
 
     async def search(self, request: SearchRequested) -> list[tuple[str, float]]:
+        """The best hits for a remote search, at most ``max_search_k`` of them.
+
+        The caller admits it to :attr:`searches` first: this is the work itself."""
         if self._recall is None:
             return []
         filters = request.filters
@@ -713,7 +733,7 @@ class Hub:
             return []  # nothing to search with
         found = await self._recall.search(
             request.text,
-            request.k,
+            min(request.k, self.config.max_search_k),
             "hybrid" if request.text.strip() else "vector",
             ListQuery(
                 memory_type=filters.memory_type if filters else None,
@@ -862,9 +882,20 @@ class _Session:
             if event.after <= self.covered:
                 self._saw(cursor)
         elif isinstance(event, SearchRequested):
-            task = asyncio.create_task(self._search(event), name=f"search for {self.agent}")
+            try:
+                ticket = self.hub.searches.admit(self.agent)
+            except HubBusyError as busy:  # refused before any work is done for it
+                self.hub.metrics.searches_refused.labels(busy.reason).inc()
+                self._queue(
+                    self.protocol.error(
+                        "rate_limited", str(busy), fatal=False, request=event.request
+                    )
+                )
+                return
+            task = asyncio.create_task(self._search(event, ticket), name=f"search for {self.agent}")
             self._searches.add(task)
             task.add_done_callback(self._searches.discard)
+            task.add_done_callback(lambda _: ticket.cancel())  # if it never got to run
             task.add_done_callback(_retrieve)
         elif isinstance(event, HelloReceived):
             await self._hello(event)
@@ -928,9 +959,10 @@ class _Session:
         accepted, rejected = await self.hub.accept(self.agent, self.key, event.ops, self)
         await self._send(self.protocol.ack(event.batch, accepted, rejected))
 
-    async def _search(self, event: SearchRequested) -> None:
+    async def _search(self, event: SearchRequested, ticket: SearchTicket) -> None:
         try:
-            hits = await self.hub.search(event)
+            async with ticket:  # waits for one of the hub's search workers
+                hits = await self.hub.search(event)
         except ChrysalisError as error:
             log.warning("search for %s failed: %s", self.agent, error)
             if self.protocol.closed:
@@ -940,6 +972,11 @@ class _Session:
             if self.protocol.closed:  # the session ended meanwhile: nobody to answer
                 return
             frame = self.protocol.search_result(event.request, hits)
+            limit = self.hub.config.max_search_answer_bytes
+            while len(frame) > limit:  # the lowest-ranked hits are left out
+                keep = min(len(hits) - 1, len(hits) * limit // len(frame))
+                hits = hits[: max(keep, 0)]
+                frame = self.protocol.search_result(event.request, hits)
         self._queue(frame)
 
     def relay(
