@@ -47,6 +47,7 @@ from chrysalis_memory.errors import (
 from chrysalis_memory.keys import load_or_create_signer
 from chrysalis_memory.model.document import MemoryDocument, RecallHit, SyncStatus
 from chrysalis_memory.model.ops import (
+    MAX_ACCESS,
     Creation,
     EmbeddingPatch,
     MemoryPatch,
@@ -432,13 +433,18 @@ class AgentMemory:
             await self._write(memory_id, lambda _: MemoryPatch(forgotten=True))
 
     async def record_access(self, memory_id: str, times: int = 1) -> MemoryDocument:
-        """Count accesses (a G-Counter: concurrent accesses on all agents add up)."""
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise InvalidArgumentError(f"times must be a positive integer, got {times!r}")
+        """Count accesses (a G-Counter: concurrent accesses on all agents add up).
+
+        This agent's count of a memory stops at ``MAX_ACCESS`` (2^40 - 1): past it,
+        nothing more is recorded.
+        """
+        if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_ACCESS:
+            raise InvalidArgumentError(
+                f"times must be a positive integer, at most {MAX_ACCESS} (MAX_ACCESS); "
+                f"got {times!r}"
+            )
         me = self.agent_id
-        return await self._write_view(
-            memory_id, lambda state: MemoryPatch(access=state.access.of(me) + times)
-        )
+        return await self._write_view(memory_id, lambda state: _access(state, me, times))
 
     async def _write_view(
         self, memory_id: str, build: Callable[[MemoryState], MemoryPatch | None]
@@ -794,7 +800,10 @@ class AgentMemory:
                 state, previous = entry
                 if not isinstance(state, MemoryState):
                     continue
-                patch = MemoryPatch(access=state.access.of(me) + 1)
+                patch = _access(state, me, 1)
+                if patch is None:  # this agent's count is at its bound
+                    store.release(doc_id, entry)
+                    continue
                 status, _ = self._sync_status_for(state, patch, previous)
                 op = author.make(doc_id, patch, state.heads)
                 state.apply(op)
@@ -1018,6 +1027,13 @@ def _file_in_the_way(path: Path) -> Path | None:
         except OSError:
             return None
     return None
+
+
+def _access(state: MemoryState, writer: str, times: int) -> MemoryPatch | None:
+    """``writer``'s access count raised by ``times``, stopping at ``MAX_ACCESS``
+    (None when it is there already: nothing to record)."""
+    mine = state.access.of(writer)
+    return MemoryPatch(access=min(mine + times, MAX_ACCESS)) if mine < MAX_ACCESS else None
 
 
 def _filters(

@@ -277,17 +277,24 @@ def decode_op(data: bytes | str | Mapping[str, Any] | Op, *, index: int | None =
     return op
 
 
+def _shown(number: int) -> str:
+    """A number for an error message: in full unless it is long (up to 4,300 digits
+    decode, more than an error frame should carry)."""
+    text = str(number)
+    return text if len(text) <= 24 else f"a {len(text)}-digit number"
+
+
 def _check_semantics(op: Op, index: int | None) -> None:
     """Rules the schema alone cannot express."""
     wall, counter = op.hlc
     if not 0 <= wall <= MAX_WALL_MS:
         raise MalformedOpError(
-            f"hlc wall time must be in 0..{MAX_WALL_MS} ms (MAX_WALL_MS), got {wall}",
+            f"hlc wall time must be in 0..{MAX_WALL_MS} ms (MAX_WALL_MS), got {_shown(wall)}",
             index=index,
         )
     if not 0 <= counter <= MAX_COUNTER:
         raise MalformedOpError(
-            f"hlc counter must be in 0..{MAX_COUNTER} (MAX_COUNTER), got {counter}",
+            f"hlc counter must be in 0..{MAX_COUNTER} (MAX_COUNTER), got {_shown(counter)}",
             index=index,
         )
     if len(op.parents) != len(set(op.parents)):

@@ -108,7 +108,12 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 def _translated(action: str, path: Path | None = None) -> Iterator[None]:
     """Turn sqlite3 errors into :class:`StoreError` saying what we were doing; a
     :class:`~chrysalis_memory.errors.StoreCorruptError` naming ``path`` when they say
-    the file is damaged."""
+    the file is damaged.
+
+    An integer too large for SQLite's INTEGER (``OverflowError`` from the driver)
+    is a :class:`StoreError` too: every number an op carries is bounded when it is
+    decoded, so this would be a bug, and it must not escape as a bare
+    ``OverflowError``."""
     try:
         yield
     except (sqlite3.Error, UnicodeDecodeError) as exc:
@@ -116,6 +121,10 @@ def _translated(action: str, path: Path | None = None) -> Iterator[None]:
             detail = exc if isinstance(exc, sqlite3.Error) else "text that is not UTF-8"
             raise corrupt_error(path, f"SQLite cannot read it ({detail}) while {action}") from exc
         raise StoreError(f"local store failed while {action}: {exc}") from exc
+    except OverflowError as exc:
+        raise StoreError(
+            f"local store failed while {action}: a number too large for SQLite ({exc})"
+        ) from exc
 
 
 _STATUS_OF: Final = {status.value.encode(): status for status in SyncStatus}
