@@ -208,6 +208,10 @@ _UPSERT_META: Final = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 _MAX_DETAIL_CHARS: Final = 1024
+MAX_QUARANTINE_BYTES: Final = 64 * 1024 * 1024
+"""The refused ops' bytes the quarantine keeps, in all. Past it a refusal is still
+recorded (CID, writer, reason: never a silent skip) but its bytes are not, so a
+peer sending bad ops cannot fill the disk; such an op is not tried again."""
 _REASONS: Final[dict[type[InvalidOpError], str]] = {
     MalformedOpError: "malformed",
     SignatureError: "bad_signature",
@@ -1340,13 +1344,19 @@ class OpStore:
         if not refused:
             return
         now = int(time.time() * 1000)
-        await self.db.executemany(
-            _UPSERT_QUARANTINE,
-            [
-                (r.cid, r.writer, r.body, r.reason, r.detail[:_MAX_DETAIL_CHARS], source, now, now)
-                for r in refused
-            ],
+        rows = await self.db.execute_fetchall(
+            "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM quarantine"
         )
+        kept = int(next(iter(rows))[0])
+        values = []
+        for r in refused:
+            body, detail = r.body, r.detail[:_MAX_DETAIL_CHARS]
+            if body is not None and kept + len(body) > MAX_QUARANTINE_BYTES:
+                body = None
+                detail += f" (bytes not kept: over the quarantine's {MAX_QUARANTINE_BYTES} bytes)"
+            kept += 0 if body is None else len(body)
+            values.append((r.cid, r.writer, body, r.reason, detail, source, now, now))
+        await self.db.executemany(_UPSERT_QUARANTINE, values)
 
     async def _unquarantine(self, cids: Sequence[str]) -> None:
         """Ops now held leave the quarantine. The caller holds the lock and a transaction."""

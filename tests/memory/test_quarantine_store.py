@@ -15,6 +15,7 @@ from chrysalis_memory.model import MemoryPatch, OpAuthor
 from chrysalis_memory.model.document import SyncStatus
 from chrysalis_memory.model.ops import Creation, Op, Signer
 from chrysalis_memory.store import OpStore
+from chrysalis_memory.store import sqlite as sqlite_store
 from chrysalis_memory.store.sqlite import Refusal
 from tests.sync.helpers import make_ops, signer_for
 
@@ -131,3 +132,20 @@ async def test_a_store_from_before_the_quarantine_reads_as_an_empty_one(tmp_path
         assert await store.db.execute_fetchall("SELECT COUNT(*) FROM quarantine")
     finally:
         await store.close()
+
+
+async def test_the_quarantine_keeps_bytes_up_to_its_budget_and_every_refusal_past_it(
+    store: OpStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.pin_writer_key("w", signer_for("w").public_key)
+    bad = forged("w", 3)
+    monkeypatch.setattr(sqlite_store, "MAX_QUARANTINE_BYTES", len(bad[0].encoded) * 3 // 2)
+    _, refused = await store.ingest_each(bad, SyncStatus.SYNCED)
+    assert len(refused) == 3
+    entries = {entry.cid: entry for entry in await store.quarantined()}
+    assert set(entries) == {op.cid for op in bad}  # every refusal is recorded
+    assert entries[bad[0].cid].body == bad[0].encoded
+    for op in bad[1:]:
+        assert entries[op.cid].body is None
+        assert "bytes not kept" in entries[op.cid].detail
+        assert entries[op.cid].reason == "forged_writer"
