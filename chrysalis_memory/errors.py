@@ -96,6 +96,13 @@ class EquivocationError(InvalidOpError):
     """Two different ops claim the same (writer, sequence number)."""
 
 
+class BackdatedError(InvalidOpError):
+    """An op is stamped before something its writer had provably seen: one of its
+    parents, or an op the same writer wrote earlier (a lower sequence number).
+    A writer's clock never goes back, so the stamp is forged; taken in, a
+    backdated creation would make its writer the memory's creator."""
+
+
 class ProtocolError(ChrysalisError):
     """A peer broke the wire protocol (bad message, wrong state, limits)."""
 

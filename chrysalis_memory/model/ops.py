@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import math
 import sys
@@ -28,8 +29,13 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from chrysalis_memory.crdt.hlc import HLC, MAX_COUNTER, MAX_WALL_MS, HybridClock
-from chrysalis_memory.errors import ClockExhaustedError, MalformedOpError, SignatureError
+from chrysalis_memory.crdt.hlc import CEILING, HLC, MAX_COUNTER, MAX_WALL_MS, HybridClock
+from chrysalis_memory.errors import (
+    BackdatedError,
+    ClockExhaustedError,
+    MalformedOpError,
+    SignatureError,
+)
 
 FORMAT_VERSION: Final = 1
 MAX_OP_BYTES: Final = 1 << 20
@@ -336,6 +342,65 @@ def _check_semantics(op: Op, index: int | None) -> None:
 
 
 _EMPTY_MEMORY_PATCH: Final = MemoryPatch()
+
+
+# --- stamps against what their writer had seen ------------------------------------------
+
+
+def check_stamps(
+    ops: Iterable[Op],
+    stamps_of: Mapping[str, HLC],
+    writer_stamps: Mapping[str, Sequence[tuple[int, HLC]]],
+) -> None:
+    """Refuse an op stamped before something its writer had provably seen.
+
+    An honest writer's clock never goes back (:class:`HybridClock`), and it has
+    observed every op it holds before it writes: so each of its ops is stamped
+    after the writer's own ops with lower sequence numbers, before those with
+    higher ones, and after every op it names as a parent. An op that breaks this
+    carries a forged stamp. The check matters most for creations: the earliest
+    creation of a memory is its provenance (who created it, and when), so a
+    backdated creation would hand the memory to its writer (docs/concepts.md,
+    "Provenance").
+
+    ``stamps_of`` gives the stamps of the ops held, by CID; ``writer_stamps``,
+    per writer, ``(seq, stamp)`` of that writer's held ops near the ones checked,
+    sorted by ``seq``. ``ops`` are checked in order, each against what is held
+    and the ops before it, as if stored one by one. Parents not known are skipped
+    (they may arrive later), as are stamps above
+    :data:`~chrysalis_memory.crdt.hlc.CEILING`, which no clock takes over.
+    Raises :class:`BackdatedError` for the first op refused.
+    """
+    stamps = dict(stamps_of)
+    writers = {writer: list(entries) for writer, entries in writer_stamps.items()}
+    for op in ops:
+        for parent in op.parents:
+            seen = stamps.get(parent)
+            if seen is not None and op.hlc <= seen <= CEILING:
+                raise BackdatedError(
+                    f"stamped {list(op.hlc)}, not after its parent {parent[:16]}… stamped "
+                    f"{list(seen)}: its writer {op.writer!r} had seen that op, so its clock "
+                    "was already past it",
+                    cid=op.cid,
+                )
+        mine = writers.setdefault(op.writer, [])
+        at = bisect.bisect_left(mine, op.seq, key=lambda entry: entry[0])
+        before = mine[at - 1] if at > 0 else None
+        after = next((entry for entry in mine[at:] if entry[0] > op.seq), None)
+        if before is not None and not before[1] < op.hlc and before[1] <= CEILING:
+            raise BackdatedError(
+                f"#{op.seq} of {op.writer!r} is stamped {list(op.hlc)}, not after its "
+                f"#{before[0]} stamped {list(before[1])}: a writer's clock never goes back",
+                cid=op.cid,
+            )
+        if after is not None and not op.hlc < after[1] and op.hlc <= CEILING:
+            raise BackdatedError(
+                f"#{op.seq} of {op.writer!r} is stamped {list(op.hlc)}, not before its "
+                f"#{after[0]} stamped {list(after[1])}: a writer's clock never goes back",
+                cid=op.cid,
+            )
+        stamps[op.cid] = op.hlc
+        mine.insert(at, (op.seq, op.hlc))
 
 
 # --- signatures -----------------------------------------------------------------------

@@ -47,7 +47,7 @@ from chrysalis_memory.errors import (
     StoreError,
 )
 from chrysalis_memory.model.document import SyncStatus
-from chrysalis_memory.model.ops import MAX_OP_BYTES, Op
+from chrysalis_memory.model.ops import MAX_OP_BYTES, Op, check_stamps
 from chrysalis_memory.model.state import DocState, MemoryState, decode_state, new_state
 from chrysalis_memory.store.damage import (
     OP_ROWS_SQL,
@@ -1321,6 +1321,7 @@ class OpStore:
                 )
         await self._pin(await self._unpinned(keys))
         await self._check_equivocation(new)
+        await self._check_stamps(new)
         states.update(await self._load_states(op.doc for op in new if op.doc not in states))
         await self.db.executemany(_INSERT_OP, [_op_row(op, status) for op in new])
         changed: dict[str, tuple[DocState, SyncStatus]] = {}
@@ -1412,6 +1413,37 @@ class OpStore:
     async def _new_ops(self, ops: list[Op]) -> list[Op]:
         known = await self._known(op.cid for op in ops)
         return [op for op in ops if op.cid not in known]
+
+    async def _check_stamps(self, ops: list[Op]) -> None:
+        """Refuse an op stamped before what its writer had provably seen (its parents,
+        its own earlier ops): :func:`~chrysalis_memory.model.ops.check_stamps`, against
+        the stamps this replica holds. The caller holds the lock and a transaction."""
+        batch = {op.cid for op in ops}
+        parents = sorted({p for op in ops for p in op.parents if p not in batch})
+        stamps: dict[str, HLC] = {}
+        for chunk in _chunks(parents):
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.execute_fetchall(
+                f"SELECT cid, hlc_ms, hlc_c FROM ops WHERE cid IN ({marks})", chunk
+            )
+            stamps.update((cid, HLC(ms, c)) for cid, ms, c in rows)
+        seqs: dict[str, list[int]] = {}
+        for op in ops:
+            seqs.setdefault(op.writer, []).append(op.seq)
+        held: dict[str, list[tuple[int, HLC]]] = {}
+        for writer, mine in seqs.items():
+            low, high = min(mine), max(mine)
+            # The writer's held ops among these, and the nearest below and above.
+            rows = await self.db.execute_fetchall(
+                "SELECT wseq, hlc_ms, hlc_c FROM ops WHERE writer = ? AND wseq BETWEEN ? AND ? "
+                "UNION ALL SELECT * FROM (SELECT wseq, hlc_ms, hlc_c FROM ops "
+                "WHERE writer = ? AND wseq < ? ORDER BY wseq DESC LIMIT 1) "
+                "UNION ALL SELECT * FROM (SELECT wseq, hlc_ms, hlc_c FROM ops "
+                "WHERE writer = ? AND wseq > ? ORDER BY wseq LIMIT 1)",
+                (writer, low, high, writer, low, writer, high),
+            )
+            held[writer] = sorted({seq: HLC(ms, c) for seq, ms, c in rows}.items())
+        check_stamps(ops, stamps, held)
 
     async def _check_equivocation(self, ops: list[Op]) -> None:
         """Reject two different ops claiming one (writer, seq), in the batch or stored."""
