@@ -56,6 +56,7 @@ from chrysalis_memory.gossip.messages import (
     Want,
 )
 from chrysalis_memory.gossip.summary import Interval, SeqSet, Summary
+from chrysalis_memory.sync.messages import MAX_ID
 
 _STRENGTH: dict[MemberState, int] = {"alive": 0, "suspect": 1, "dead": 2}
 _PIGGYBACK = 6  # membership updates carried per message
@@ -384,7 +385,8 @@ class GossipNode:
         for update in members:
             if update.id == self.me:
                 if update.state != "alive" and update.incarnation >= self.incarnation:
-                    self.incarnation = update.incarnation + 1  # refute the suspicion
+                    # Refute the suspicion; at the top of the range the frames must stay valid.
+                    self.incarnation = min(update.incarnation + 1, MAX_ID)
                     self._spread(Member(self.me, self.addr, "alive", self.incarnation))
                 continue
             if not self._admits(update.id):

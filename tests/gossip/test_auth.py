@@ -9,6 +9,7 @@ import pytest
 
 from chrysalis_memory import GossipConfig
 from chrysalis_memory.errors import ConfigError, GossipAuthError
+from chrysalis_memory.gossip import wire
 from chrysalis_memory.gossip.auth import (
     HANDSHAKE_MAX_BYTES,
     ClientHandshake,
@@ -16,8 +17,9 @@ from chrysalis_memory.gossip.auth import (
     ServerHandshake,
 )
 from chrysalis_memory.gossip.messages import Member, Ping
-from chrysalis_memory.gossip.node import GossipNode, GossipSettings
+from chrysalis_memory.gossip.node import GossipNode, GossipSettings, Send
 from chrysalis_memory.model.ops import Signer
+from chrysalis_memory.sync.messages import MAX_ID
 
 A, B, C = Signer.generate(), Signer.generate(), Signer.generate()
 ADDR = "ws://127.0.0.1:7401"
@@ -185,3 +187,15 @@ def test_the_table_of_peers_is_bounded_even_with_anyone_admitted() -> None:
     for frame in range(20):
         node.receive(f"peer-{frame}", "ws://h:2", Ping(frame, fakes(64, f"f{frame}")), 0.0)
     assert len(node.members(None)) == 50
+
+
+def test_a_suspicion_at_the_top_incarnation_is_refuted_within_the_wire_range() -> None:
+    node = GossipNode("agent-a", "ws://h:1")
+    node.admit({"agent-b"})
+    suspicion = Member("agent-a", "ws://h:1", "suspect", MAX_ID)
+    out = node.receive("agent-b", "ws://h:2", Ping(1, (suspicion,)), 0.0)
+    assert node.incarnation == MAX_ID  # not MAX_ID + 1, which no peer would decode
+    sent = [o.message for o in out if isinstance(o, Send)]
+    assert sent
+    for message in sent:  # what it says about itself is still a valid frame
+        wire.decode(wire.encode("agent-a", "ws://h:1", message))
