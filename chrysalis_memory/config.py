@@ -304,7 +304,34 @@ class HubConfig(_EnvConfig):
         default=1024,
         ge=1,
         description="Frames queued for one agent; a slower consumer is disconnected (it "
-        "catches up by pulling when it reconnects).",
+        "catches up by pulling when it reconnects). Memory is bounded by send_queue_bytes.",
+    )
+    send_queue_bytes: int = Field(
+        default=16 << 20,
+        ge=1 << 20,
+        description="Bytes queued for one agent, the frame being written included (an empty "
+        "queue always takes one frame); an agent whose queue would pass it reads too slowly "
+        "and is disconnected (it catches up by pulling when it reconnects).",
+    )
+    send_queue_total_bytes: int = Field(
+        default=32 << 20,
+        ge=4 << 20,
+        description="Bytes queued for all agents together (a frame relayed to many counted "
+        "once, each copy being written counted); at the limit the agent holding the most is "
+        "disconnected. See docs/hub.md, Memory.",
+    )
+    receive_total_bytes: int = Field(
+        default=16 << 20,
+        ge=4 << 20,
+        description="Bytes of what agents sent that the hub holds, in all; past it, reading "
+        "pauses on every connection but one until the hub has handled a quarter of it (the "
+        "rest waits in the network). See docs/hub.md, Memory.",
+    )
+    page_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Pull answers (pages of up to max_message_bytes of ops) the hub reads "
+        "from its log at once; other pulls wait their turn.",
     )
     ping_interval_s: float = Field(
         default=20.0, gt=0, description="Keepalive ping every this many seconds."

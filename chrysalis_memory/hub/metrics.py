@@ -97,6 +97,21 @@ class HubMetrics:
                 "searches_waiting",
                 "Remote searches waiting for a search worker.",
             ),
+            (
+                "chrysalis_hub_send_queued_bytes",
+                "send_queued_bytes",
+                "Bytes queued to send to agents, in all (see docs/hub.md, Memory).",
+            ),
+            (
+                "chrysalis_hub_receive_buffered_bytes",
+                "receive_buffered_bytes",
+                "Bytes received from agents that the hub holds, in all.",
+            ),
+            (
+                "chrysalis_hub_receive_paused_connections",
+                "receive_paused_connections",
+                "Connections whose reading is paused by the receive budget.",
+            ),
         ):
             Gauge(name, text, registry=r).set_function(_reading(usage, key))
         self.log_ops = Gauge("chrysalis_hub_log_ops", "Ops in the hub's log.", registry=r)

@@ -12,9 +12,13 @@ decides what to store, and owns the limits:
 * each agent pushes at most ``rate_limit_ops_per_s`` (a token bucket of
   ``rate_limit_burst_ops``); a push over it is answered ``rate_limited``;
 * ``max_connections`` in all, ``max_connections_per_agent`` each (HTTP 503);
-* every connection has its own queue of ``send_queue_frames``; an agent that
-  reads too slowly to keep up with the broadcast is disconnected (it pulls
-  what it missed when it reconnects) rather than stalling everyone else;
+* every connection has its own queue, bounded in bytes (``send_queue_bytes``)
+  and all of them together (``send_queue_total_bytes``); an agent that reads
+  too slowly is disconnected (it pulls what it missed when it reconnects)
+  rather than stalling everyone else or filling the hub's memory;
+* what agents send is held up to ``receive_total_bytes``; past it the hub
+  stops reading until it has handled what it holds (docs/hub.md, Memory);
+* remote searches run on their own small pool, behind pushes and pulls;
 * keepalive pings every ``ping_interval_s``, closed if unanswered.
 
 The hub stores ops in its log in arrival order; an op's position is its
@@ -58,7 +62,13 @@ from chrysalis_memory.errors import (
     StoreError,
 )
 from chrysalis_memory.gossip.wire import check_addr
-from chrysalis_memory.hub.limits import SearchPool, SearchTicket
+from chrysalis_memory.hub.limits import (
+    ReceiveBudget,
+    SearchPool,
+    SearchTicket,
+    SendQueue,
+    SendQueues,
+)
 from chrysalis_memory.hub.metrics import HubMetrics
 from chrysalis_memory.hub.registry import Registry
 from chrysalis_memory.hub.tokens import TokenStore
@@ -88,6 +98,9 @@ HUB_ID_KEY: Final = "hub_id"
 REGISTRY_KEY: Final = "hub_registry"
 WATERMARK_FILE: Final = "hub.state"
 _FRAME_OVERHEAD: Final = 256  # bytes of an ops page around its ops
+DECODED_WEIGHT: Final = 3
+"""A message being handled counts this many times its size against the receive budget:
+its text, and the ops decoded from it (their encoding and their fields)."""
 _SAVE_EVERY_S: Final = 1.0
 PEERS_SAMPLE: Final = 32
 """Gossip peers ``GET /peers`` returns at most."""
@@ -168,6 +181,19 @@ class Hub:
             per_agent=cfg.max_searches_per_agent,
         )
         """Remote searches running and waiting (see :class:`SearchPool`)."""
+        self.sending = SendQueues(
+            per_queue=cfg.send_queue_bytes,
+            frames=cfg.send_queue_frames,
+            total=cfg.send_queue_total_bytes,
+        )
+        """Every connection's queue of frames to send, counted in bytes."""
+        self.receiving = ReceiveBudget(
+            total=cfg.receive_total_bytes,
+            # A whole frame, at most twice max_message_bytes (see max_size below).
+            per_connection=2 * cfg.max_message_bytes + (64 << 10),
+        )
+        """What the connections sent that the hub holds, counted in bytes."""
+        self._pages = asyncio.Semaphore(cfg.page_workers)  # pages being read at once
         self._saver: asyncio.Task[None] | None = None
         self._faults: dict[str, str] = {}
         """What has failed and not worked again since, by part (for /health)."""
@@ -251,7 +277,7 @@ class Hub:
                     process_request=self._authenticate,
                     create_connection=type("AgentConnection", (_AgentConnection,), {"hub": self}),
                     max_size=2 * cfg.max_message_bytes,
-                    max_queue=64,
+                    max_queue=None,  # the hub's own flow control: receiving, in bytes
                     server_header="chrysalis-hub",
                     **common,
                 )
@@ -568,10 +594,15 @@ class Hub:
 
     def usage(self) -> dict[str, int]:
         """What the hub's agents hold of it now, for tests and operators: the remote
-        searches running and waiting for a worker."""
+        searches running and waiting for a worker, the bytes queued to send (distinct
+        frames, and the copies being written) and the bytes received and held (see
+        docs/hub.md, "Memory")."""
         return {
             "searches_running": self.searches.running,
             "searches_waiting": self.searches.waiting,
+            "send_queued_bytes": self.sending.bytes,
+            "receive_buffered_bytes": self.receiving.bytes,
+            "receive_paused_connections": self.receiving.paused,
         }
 
     def keys(self) -> dict[str, str]:
@@ -689,6 +720,10 @@ class Hub:
     async def page(self, after: int, limit: int) -> tuple[list[Op], int, bool]:
         """The ops numbered after ``after``: at most ``limit``, and no more than fit
         in one frame. Returns them, the page's last number and whether more follow."""
+        async with self._pages:  # at most page_workers pages in memory at once
+            return await self._page(after, limit)
+
+    async def _page(self, after: int, limit: int) -> tuple[list[Op], int, bool]:
         budget = self.config.max_message_bytes - _FRAME_OVERHEAD
         head = self.head
         ops: list[Op] = []
@@ -769,10 +804,28 @@ class _AgentConnection(ServerConnection):
     websockets answers 426), the hub forgets it when the connection is lost."""
 
     hub: Hub
+    _held = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.hub.receiving.update(self.transport, self.buffered())
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.hub._authenticated.pop(self.id, None)
+        self.hub.receiving.remove(self.transport)
+
+    def hold(self, size: int) -> None:
+        """The session is handling a message of ``size`` bytes (0: done with it)."""
+        self._held = DECODED_WEIGHT * size
+        self.hub.receiving.update(self.transport, self.buffered())
+
+    def buffered(self) -> int:
+        """Bytes of what the peer sent that this connection holds: read but not parsed
+        into a whole frame, whole frames not taken by the session, and the message the
+        session is handling. (The first two are websockets' own buffers.)"""
+        frames = self.recv_messages.frames.queue
+        return len(self.protocol.reader.buffer) + sum(len(f.data) for f in frames) + self._held
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -800,7 +853,7 @@ class _Session:
             max_batch=cfg.sync_batch_size,
             authenticated_agent=agent,
         )
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(cfg.send_queue_frames)
+        self.outbox: SendQueue = hub.sending.open(self._drop)
         self.key = ""
         self.covered = 0
         """The agent holds every op of the log up to here (as far as the hub knows)."""
@@ -814,7 +867,10 @@ class _Session:
         writer = asyncio.create_task(self._write())
         try:
             async for frame in self.connection:
-                self.hub.metrics.bytes_in.inc(_size(frame))
+                size = _size(frame)
+                if isinstance(self.connection, _AgentConnection):
+                    self.connection.hold(size)
+                self.hub.metrics.bytes_in.inc(size)
                 try:
                     events = self.protocol.receive(frame)
                 except SyncProtocolError as error:
@@ -827,6 +883,8 @@ class _Session:
                         await self._handle(event)
                     except Exception as error:
                         self._failed(event, error)
+                if isinstance(self.connection, _AgentConnection):
+                    self.connection.hold(0)
                 if self._last is not None or self.protocol.closed:
                     break
         except ConnectionClosed:
@@ -836,13 +894,13 @@ class _Session:
             for task in self._searches:
                 task.cancel()
             await self._close(writer)
+            self.outbox.close()
 
     async def _close(self, writer: asyncio.Task[None]) -> None:
         """Send what is queued (and the error that ends the session), then close."""
         if self._last is not None and not writer.done():
-            with contextlib.suppress(asyncio.QueueFull):
-                self.outbox.put_nowait(self._last)
-                self.outbox.put_nowait(None)
+            if self.outbox.put(self._last):
+                self.outbox.put_end()
             with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
                 await asyncio.wait_for(asyncio.shield(writer), timeout=5.0)
             reason = "protocol error" if self._close_code == 1008 else "internal error"
@@ -859,25 +917,21 @@ class _Session:
                     return
                 await self.connection.send(frame, text=True)
             finally:
-                self.outbox.task_done()
+                self.outbox.sent(frame)
             self.hub.metrics.bytes_out.inc(len(frame))
 
-    async def _send(self, frame: bytes) -> None:
-        await self.outbox.put(frame)
-
-    def _queue(self, frame: bytes) -> None:
-        """Queue a frame now; one that does not fit drops the connection."""
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._drop()
+    def _queue(self, frame: bytes) -> bool:
+        """Queue a frame to send. One that does not fit the send queues drops this
+        connection (or a slower one, see :class:`SendQueues`): False if it was not
+        queued. Nothing waits for room, so nothing the hub does stalls on a reader."""
+        return self.outbox.put(frame)
 
     async def _handle(self, event: ServerEvent) -> None:
         if isinstance(event, PushReceived):
             await self._push(event)
         elif isinstance(event, PullRequested):
             ops, cursor, more = await self.hub.page(event.after, event.limit)
-            await self._send(self.protocol.ops(ops, cursor, more=more))
+            self._queue(self.protocol.ops(ops, cursor, more=more))
             self.hub.metrics.ops_out.labels("page").inc(len(ops))
             if event.after <= self.covered:
                 self._saw(cursor)
@@ -945,19 +999,19 @@ class _Session:
         hub._sessions.add(self)
         hub.registry.connected(self.agent, event.cursor)
         self.greeted = True
-        await self._send(self.protocol.welcome(hub.head, hub.keys()))
+        self._queue(self.protocol.welcome(hub.head, hub.keys()))
 
     async def _push(self, event: PushReceived) -> None:
         wait = self.hub.bucket(self.agent).take(len(event.ops))
         if wait:
             self.hub.metrics.messages_rejected.labels("rate_limited").inc()
             message = f"over {self.hub.config.rate_limit_ops_per_s:g} ops/s: retry in {wait:.2f} s"
-            await self._send(
+            self._queue(
                 self.protocol.error("rate_limited", message, fatal=False, batch=event.batch)
             )
             return
         accepted, rejected = await self.hub.accept(self.agent, self.key, event.ops, self)
-        await self._send(self.protocol.ack(event.batch, accepted, rejected))
+        self._queue(self.protocol.ack(event.batch, accepted, rejected))
 
     async def _search(self, event: SearchRequested, ticket: SearchTicket) -> None:
         try:
@@ -1002,10 +1056,7 @@ class _Session:
             frame = shared.get(self.protocol.version) or shared.setdefault(
                 self.protocol.version, self.protocol.update(ops, after, cursor)
             )
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._drop()
+        if not self.outbox.put(frame):
             return
         self.hub.metrics.ops_out.labels("update").inc(len(ops))
         if after <= self.covered:
@@ -1017,8 +1068,7 @@ class _Session:
             return
         self.hub._sessions.discard(self)
         frame = self.protocol.error(code, message, fatal=True)
-        with contextlib.suppress(asyncio.QueueFull):
-            self.outbox.put_nowait(frame)
+        self.outbox.put(frame)
         self._ending = asyncio.create_task(self._close_when_sent(), name=f"end {self.agent}")
         self._ending.add_done_callback(_retrieve)
 
@@ -1031,9 +1081,11 @@ class _Session:
         self.covered = max(self.covered, cursor)
         self.hub.registry.saw(self.agent, self.covered)
 
-    def _drop(self) -> None:
+    def _drop(self, why: str) -> None:
         """Too slow to keep up: disconnect rather than hold everyone back."""
-        log.warning("%s reads too slowly: disconnecting it (it will catch up)", self.agent)
+        log.warning(
+            "%s reads too slowly: disconnecting it (it will catch up): %s", self.agent, why
+        )
         self.hub.metrics.dropped.inc()
         self.hub._sessions.discard(self)
         self.protocol.close()

@@ -41,6 +41,11 @@ async def gated_hub(tmp_path: Path) -> AsyncIterator[GatedHub]:
         yield factory
 
 
+def searches(hub: Hub) -> tuple[int, int]:
+    usage = hub.usage()
+    return usage["searches_running"], usage["searches_waiting"]
+
+
 async def connect(stack: AsyncExitStack, hub: Hub, agent: str) -> RawAgent:
     token = hub.tokens.create(agent)
     raw = await raw_agent(stack, hub, agent, token, signer_for(agent).public_key)
@@ -67,7 +72,7 @@ async def test_one_agent_may_have_only_so_many_searches_and_sync_goes_on_meanwhi
         assert isinstance(refused, ServerError)
         assert (refused.code, refused.fatal, refused.request) == ("rate_limited", False, third)
         assert "max_searches_per_agent" in refused.message
-        assert hub.usage() == {"searches_running": 1, "searches_waiting": 1}
+        assert searches(hub) == (1, 1)
         # Pushes and pulls are answered while both searches are held.
         batch, frame = raw.protocol.push(make_ops("agent-a", 3))
         await raw.send(frame)
@@ -79,7 +84,7 @@ async def test_one_agent_may_have_only_so_many_searches_and_sync_goes_on_meanwhi
         embedder.gate.set()
         answers = {(await raw.answer()), (await raw.answer())}
         assert {a.request for a in answers if isinstance(a, SearchResult)} == {first, second}
-    assert hub.usage() == {"searches_running": 0, "searches_waiting": 0}
+    assert searches(hub) == (0, 0)
     _, body = await http_get(hub, "/metrics")
     text = body.decode()
     assert metric(text, 'chrysalis_hub_searches_refused_total{reason="agent_limit"}') == 1
@@ -95,7 +100,7 @@ async def test_searches_beyond_the_queue_are_refused_busy(gated_hub: GatedHub) -
         await search(b)
 
         async def queued() -> bool:
-            return hub.usage()["searches_waiting"] == 1
+            return searches(hub)[1] == 1
 
         await wait_until(queued, timeout=10, what="b's search waiting")
         request = await search(c)
@@ -103,7 +108,7 @@ async def test_searches_beyond_the_queue_are_refused_busy(gated_hub: GatedHub) -
         assert isinstance(refused, ServerError)
         assert (refused.code, refused.request) == ("rate_limited", request)
         assert "busy" in refused.message and "max_queued_searches" in refused.message
-        assert hub.usage() == {"searches_running": 1, "searches_waiting": 1}
+        assert searches(hub) == (1, 1)
         embedder.gate.set()
         assert isinstance(await a.answer(), SearchResult)
         assert isinstance(await b.answer(), SearchResult)
