@@ -118,7 +118,10 @@ async def test_an_op_the_hub_holds_damaged_costs_none_of_the_others(
     await hub.close()
     one = next(op for op in await a.export_ops() if op.doc == "a-0")
     altered = json.loads(one.encoded)
+    # Stamped after everything a writes in this test, so that only its signature is
+    # wrong (a clock that went back would be refused as backdated first).
     altered["seq"], altered["doc"] = 10_000, "a-altered"
+    altered["hlc"] = [one.hlc[0] + 3_600_000, 0]
     damaged = decode_op(altered)
     store = OpStore(hub.config.db_path)
     await store.open()
