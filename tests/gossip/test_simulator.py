@@ -57,6 +57,7 @@ def hostile_run(seed: int) -> tuple[Simulation, float]:
     return sim, t
 
 
+@pytest.mark.slow
 def test_everything_reaches_everyone_on_a_hostile_network() -> None:
     sim, last_write = hostile_run(seed=11)
     assert len(sim.injected) >= 2000
