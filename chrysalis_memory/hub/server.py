@@ -1083,9 +1083,7 @@ class _Session:
 
     def _drop(self, why: str) -> None:
         """Too slow to keep up: disconnect rather than hold everyone back."""
-        log.warning(
-            "%s reads too slowly: disconnecting it (it will catch up): %s", self.agent, why
-        )
+        log.warning("%s reads too slowly: disconnecting it (it will catch up): %s", self.agent, why)
         self.hub.metrics.dropped.inc()
         self.hub._sessions.discard(self)
         self.protocol.close()
