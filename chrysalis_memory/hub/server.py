@@ -474,7 +474,10 @@ class Hub:
         if path == "/health":
             health = self.health()
             body = json.dumps(health).encode()
-            status = HTTPStatus.OK if health["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+            # 503 while a part of the hub is failing; damaged op rows set aside alone
+            # leave it serving every intact op, so it stays in a load balancer's pool.
+            failing = bool(self._faults)
+            status = HTTPStatus.SERVICE_UNAVAILABLE if failing else HTTPStatus.OK
             return Response(
                 status.value, status.phrase, Headers({"Content-Type": "application/json"}), body
             )

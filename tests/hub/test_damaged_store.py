@@ -98,7 +98,8 @@ async def test_a_hub_with_damaged_op_bytes_serves_only_intact_ops_and_says_degra
 
     status, body = await http_get(hub, "/health")
     health = json.loads(body)
-    assert status == 503 and health["status"] == "degraded"
+    # Degraded, but serving every intact op: not taken out of a load balancer's pool.
+    assert status == 200 and health["status"] == "degraded"
     assert health["damage"]["damaged_ops"] == len(damaged)
     assert any("damaged and not served" in p for p in health["problems"])
     assert {d.rowid for d in hub.store.damage.ops} == set(damaged)

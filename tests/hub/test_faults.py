@@ -157,6 +157,6 @@ async def test_a_row_damaged_under_a_running_hub_is_never_served_and_health_says
         assert [op.cid for op in page.ops] == [pushed[0].cid, pushed[2].cid]
         assert page.cursor == 3 and not page.more
     status, state = await health(hub)
-    assert status == 503 and state["status"] == "degraded"
+    assert status == 200 and state["status"] == "degraded"  # it still serves the rest
     assert state["damage"]["ops"][0]["rowid"] == 2  # type: ignore[index]
     assert any("damaged" in p for p in state["problems"])  # type: ignore[attr-defined]
