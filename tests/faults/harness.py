@@ -127,6 +127,7 @@ class Writer:
         self.present: set[int] = set()  # committed unacknowledged by a killed run, found later
         self.intents = 0
         self.kills = 0
+        self.mid_write = 0  # kills that fell between a write's intent and its ack
         self.runs: list[AgentChild] = []
 
     @property
@@ -176,6 +177,8 @@ class Writer:
         self._collect(child)
         child.cleanup()
         self.kills += 1
+        writes = [e["ev"] for e in child.events() if e["ev"] in ("intent", "ack")]
+        self.mid_write += bool(writes) and writes[-1] == "intent"
 
     async def close(self) -> None:
         child = self.child

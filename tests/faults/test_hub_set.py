@@ -287,7 +287,8 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
         "writes": {
             **{
                 a: f"{len(w.acked)} acknowledged, {len(w.present - w.acked)} committed "
-                f"unacknowledged, {w.kills} SIGKILLs, {len(w.runs)} runs"
+                f"unacknowledged, {w.kills} SIGKILLs ({w.mid_write} between a learn's start "
+                f"and its return), {len(w.runs)} runs"
                 for a, w in writers.items()
             },
             **{a: f"{len(p.acked)} acknowledged (in the test process)" for a, p in local.items()},
@@ -339,3 +340,7 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
     for result in results:
         assert result.refused, f"{result.kind}: {result.outcome} {context}"
     assert sum(w.kills for w in writers.values()) == 4 and len(hub_kills) == 1
+    faults = nemesis.counts
+    assert faults["nemesis errors"] == 0, "the nemesis itself failed: see the log"
+    assert faults["frames duplicated"] and faults["scheduled cuts"] and faults["partitions"]
+    assert faults["updates lost"] + faults["updates reordered"], "no live update was harmed"
