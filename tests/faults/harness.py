@@ -9,6 +9,7 @@ figures there as one JSON line (docs/reliability.md is written from such a run).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -168,9 +169,19 @@ class Writer:
             elif event["ev"] == "intent":
                 self.intents += 1
 
-    async def kill(self) -> None:
-        """SIGKILL the current run and read every line it printed before dying."""
+    async def kill(self, *, mid_write: bool = False) -> None:
+        """SIGKILL the current run and read every line it printed before dying.
+        With ``mid_write``, the kill waits (up to a second) for a moment when the
+        child has announced a write and not yet acknowledged it: ``learn`` is under
+        way, its transaction perhaps committed, perhaps not."""
         child = self.child
+        if mid_write:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                lines = child.lines
+                if lines and lines[-1].startswith('{"ev":"intent"'):
+                    break
+                await asyncio.sleep(0.0005)  # polls the pipe's last line, which a thread fills
         child.kill()
         assert await child.wait_exit() == -signal.SIGKILL, child.stderr_tail()
         child.check()

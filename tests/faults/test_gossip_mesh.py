@@ -144,8 +144,8 @@ async def test_a_gossip_mesh_loses_nothing_to_kills_a_split_and_attacks(tmp_path
             w = writers[KILLED]
             point = rng.randint(20, WRITES - 40)
             await until(lambda: w.acks() >= point, timeout=60, what=f"{KILLED}'s acks")
-            await w.kill()
-            log(f"SIGKILLed {KILLED} after {w.acks()} acks")
+            await w.kill(mid_write=True)
+            log(f"SIGKILLed {KILLED} after {w.acks()} acks, mid-write: {bool(w.mid_write)}")
             await w.start(PACE_S)
             log(f"{KILLED} restarted on port {ports[KILLED]}")
 
@@ -394,14 +394,16 @@ async def test_a_gossip_mesh_loses_nothing_to_kills_a_split_and_attacks(tmp_path
         "writes": {
             **{
                 m: f"{len(w.acked)} acknowledged, {len(w.present - w.acked)} committed "
-                f"unacknowledged, {w.kills} SIGKILLs, {len(w.runs)} runs"
+                f"unacknowledged, {w.kills} SIGKILLs ({w.mid_write} between a learn's start "
+                f"and its return), {len(w.runs)} runs"
                 for m, w in writers.items()
             },
             "acknowledged in all": len(acked),
             "ops on each member": sorted({r["ops"] for r in reports.values()}),
         },
         "faults": {
-            "SIGKILLs": f"{KILLED} once, mid-write (restarted on the same port)",
+            "SIGKILLs": f"{KILLED} once ({writers[KILLED].mid_write} in a learn), restarted on "
+            "the same port",
             "SIGSTOP": f"{FROZEN} frozen for {FROZEN_S} s",
             "split": f"{SIDES[0]} | {SIDES[1]} for {SPLIT_S} s (by membership)",
             "messages lost (not sent: peer unreachable, refused, dropped)": sum(
