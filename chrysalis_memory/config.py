@@ -148,8 +148,7 @@ class GossipConfig(_EnvConfig):
     handshake_timeout_s: float = Field(
         default=5.0,
         gt=0,
-        description="A connection that has not proved its membership within this long is "
-        "closed.",
+        description="A connection that has not proved its membership within this long is closed.",
     )
     send_queue_bytes: int = Field(
         default=16 << 20,

@@ -632,9 +632,11 @@ def build_ops(
     memory's latest op as its parent. Any prefix is itself a realistic mix.
     """
     rng = random.Random(seed)
-    authors = [
-        OpAuthor(f"{prefix}-{w:02d}", Signer.generate(), HybridClock()) for w in range(writers)
-    ]
+    # One clock for every writer: each op names the memory's latest op as its parent,
+    # so its writer has seen that op, and an honest clock stamps it later (replicas
+    # refuse an op stamped before a parent it names).
+    clock = HybridClock()
+    authors = [OpAuthor(f"{prefix}-{w:02d}", Signer.generate(), clock) for w in range(writers)]
     docs: list[str] = []
     head: dict[str, str] = {}
     tags: dict[str, list[tuple[str, tuple[str, int]]]] = {}
