@@ -198,6 +198,10 @@ class _Pipe:
     def _frame(self, d: _Direction, data: bytes, opcode: int, fin: bool, payload: bytes) -> None:
         faults, counts, rng = self.nemesis.faults, self.nemesis.counts, self.rng
         copies = 1
+        if self.link.partitioned:  # held, not on the path: the heal decides its fate
+            counts["frames held (partition)"] += opcode in (1, 2)
+            self._put(d, data)
+            return
         if opcode in (1, 2) and fin:  # a whole text or binary message
             counts["frames"] += 1
             found = _TYPE.search(payload)
