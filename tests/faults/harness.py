@@ -9,7 +9,7 @@ figures there as one JSON line (docs/reliability.md is written from such a run).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import random
@@ -63,9 +63,25 @@ class AgentChild(Child):
     def __init__(self, name: str, spec: dict[str, Any], logs: Path) -> None:
         spec_path = logs / f"{name}.json"
         spec_path.write_text(json.dumps(spec))
+        self.kill_at_intent: float | None = None
+        """Set to a delay in seconds: the pump SIGKILLs the child that long after the
+        next intent line it reads (so, while ``learn`` is under way)."""
         super().__init__(name, [sys.executable, str(CHILD), str(spec_path)], logs)
         self._next = 0
         self.info: dict[str, Any] = {}
+
+    def _read(self) -> None:
+        """Child's pump, which can also kill the child the moment it announces a write."""
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            delay = self.kill_at_intent
+            if delay is not None and line.startswith('{"ev":"intent"'):
+                self.kill_at_intent = None
+                time.sleep(delay)  # in the pump's thread: a few milliseconds into the learn
+                self.proc.send_signal(signal.SIGKILL)
+        self.eof = True
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
@@ -169,19 +185,27 @@ class Writer:
             elif event["ev"] == "intent":
                 self.intents += 1
 
-    async def kill(self, *, mid_write: bool = False) -> None:
+    async def kill(self, *, mid_write: float | None = None) -> None:
         """SIGKILL the current run and read every line it printed before dying.
-        With ``mid_write``, the kill waits (up to a second) for a moment when the
-        child has announced a write and not yet acknowledged it: ``learn`` is under
-        way, its transaction perhaps committed, perhaps not."""
+        With ``mid_write`` (seconds), the kill falls that long after the child's next
+        announced write: ``learn`` is under way, its transaction perhaps committed,
+        perhaps not (unless the child has no write left: then it is killed at once)."""
         child = self.child
-        if mid_write:
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                lines = child.lines
-                if lines and lines[-1].startswith('{"ev":"intent"'):
-                    break
-                await asyncio.sleep(0.0005)  # polls the pipe's last line, which a thread fills
+        if mid_write is not None and not any(e["ev"] == "wrote" for e in child.events()):
+            # A learn takes a millisecond or two: the pump's thread must get the GIL at
+            # once when the intent line arrives, not after the default 5 ms switch.
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(0.0001)
+            child.kill_at_intent = mid_write
+
+            def dead() -> bool:
+                return not child.alive
+
+            try:
+                with contextlib.suppress(AssertionError):
+                    await until(dead, timeout=5, what="a kill in the middle of a learn")
+            finally:
+                sys.setswitchinterval(switch)
         child.kill()
         assert await child.wait_exit() == -signal.SIGKILL, child.stderr_tail()
         child.check()

@@ -144,10 +144,13 @@ async def test_a_gossip_mesh_loses_nothing_to_kills_a_split_and_attacks(tmp_path
             w = writers[KILLED]
             point = rng.randint(20, WRITES - 40)
             await until(lambda: w.acks() >= point, timeout=60, what=f"{KILLED}'s acks")
-            await w.kill(mid_write=True)
-            log(f"SIGKILLed {KILLED} after {w.acks()} acks, mid-write: {bool(w.mid_write)}")
-            await w.start(PACE_S)
-            log(f"{KILLED} restarted on port {ports[KILLED]}")
+            for _ in range(3):  # aimed at a learn; again if it came after the learn's return
+                await w.kill(mid_write=rng.uniform(0, 0.0004))
+                log(f"SIGKILLed {KILLED} after {w.acks()} acks, in a learn: {w.mid_write}")
+                await w.start(PACE_S)
+                log(f"{KILLED} restarted on port {ports[KILLED]}")
+                if w.mid_write:
+                    break
 
         async def freeze() -> None:
             await after_acks(everything // 3)
@@ -390,6 +393,7 @@ async def test_a_gossip_mesh_loses_nothing_to_kills_a_split_and_attacks(tmp_path
     creators = sorted({o[0] for o in owners.values()})
     backdating.outcome += f"; the creator on every member: {creators}"
     backdating.refused = backdating.refused and creators == ["g0"]
+    killed = writers[KILLED]
     figures = {
         "writes": {
             **{
@@ -402,8 +406,8 @@ async def test_a_gossip_mesh_loses_nothing_to_kills_a_split_and_attacks(tmp_path
             "ops on each member": sorted({r["ops"] for r in reports.values()}),
         },
         "faults": {
-            "SIGKILLs": f"{KILLED} once ({writers[KILLED].mid_write} in a learn), restarted on "
-            "the same port",
+            "SIGKILLs": f"{KILLED}: {killed.kills} ({killed.mid_write} in a learn), each "
+            "restarted on the same port",
             "SIGSTOP": f"{FROZEN} frozen for {FROZEN_S} s",
             "split": f"{SIDES[0]} | {SIDES[1]} for {SPLIT_S} s (by membership)",
             "messages lost (not sent: peer unreachable, refused, dropped)": sum(
@@ -439,4 +443,4 @@ async def test_a_gossip_mesh_loses_nothing_to_kills_a_split_and_attacks(tmp_path
     assert all(a.cids_held == 0 for a in results), context
     for result in results:
         assert result.refused, f"{result.kind}: {result.outcome} {context}"
-    assert writers[KILLED].kills == 1
+    assert 1 <= writers[KILLED].kills <= 3

@@ -60,6 +60,7 @@ HONEST = CHILDREN + IN_PROCESS
 WRITES = 250  # per agent
 PACE_S = 0.012  # between one agent's writes, so that they span the faults
 STORM = Faults(max_delay_ms=25, duplicate=0.01, cut=0.004, drop_update=0.03, swap_update=0.03)
+MID_WRITE_TRIES = 3
 PARTITIONED = ("agent-1", "agent-3")
 PARTITION_S = 2.5
 MAX_MESSAGE_BYTES = 4 << 20  # the hub's default
@@ -155,10 +156,17 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
                     return w.acks() >= n
 
                 await until(reached, timeout=120, what=f"{w.agent_id}'s acks")
-                await w.kill(mid_write=middle)
-                log(f"SIGKILLed {w.agent_id} after {w.acks()} acks")
-                await w.start(PACE_S)
-                log(f"{w.agent_id} restarted")
+                # A learn takes well under a millisecond here: a kill aimed at one may
+                # come after its return. Aimed again (at most MID_WRITE_TRIES times).
+                for _ in range(MID_WRITE_TRIES if middle else 1):
+                    landed = w.mid_write
+                    await w.kill(mid_write=rng.uniform(0, 0.0004) if middle else None)
+                    landed = w.mid_write - landed
+                    log(f"SIGKILLed {w.agent_id} after {w.acks()} acks, in a learn: {landed}")
+                    await w.start(PACE_S)
+                    log(f"{w.agent_id} restarted")
+                    if landed:
+                        break
 
         async def cut_now_and_then() -> None:
             while not stop.is_set():
@@ -353,7 +361,7 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
     assert len(results) == 6 and honest_write[0].outcome == "accepted"
     for result in results:
         assert result.refused, f"{result.kind}: {result.outcome} {context}"
-    assert sum(w.kills for w in writers.values()) == 4 and len(hub_kills) == 1
+    assert 4 <= sum(w.kills for w in writers.values()) <= 8 and len(hub_kills) == 1
     faults = nemesis.counts
     assert faults["nemesis errors"] == 0, "the nemesis itself failed: see the log"
     assert faults["frames duplicated"] and faults["scheduled cuts"] and faults["partitions"]
