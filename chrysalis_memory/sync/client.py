@@ -252,6 +252,7 @@ class SyncClient:
             self._connection = "connecting"
             opened = nobody_there = False
             session: _Session | None = None
+            discard: asyncio.Task[None] | None = None
             try:
                 async with connect(
                     self.url,
@@ -267,7 +268,15 @@ class SyncClient:
                 ) as connection:
                     opened = True
                     session = _Session(self, connection)
-                    await session.run()
+                    try:
+                        await session.run()
+                    finally:
+                        # Leaving the block closes the connection. Whatever the hub still
+                        # sends is read and dropped meanwhile: unread, it would fill
+                        # websockets' queue (16 frames), which then stops reading the
+                        # socket, never sees the hub's close, and waits out its close
+                        # timeout (10 s) before this agent can reconnect.
+                        discard = asyncio.create_task(_discard(connection))
             except InvalidStatus as error:
                 self.last_error = _refusal(error, self.url)
                 # 4xx: not a hub's websocket endpoint; 5xx (a connection limit): a busy hub.
@@ -285,6 +294,9 @@ class SyncClient:
             except Exception as error:  # a bug: the worker must not die of it, silently
                 log.exception("%s: sync with %s failed", self.agent_id, self.url)
                 self.last_error = SyncError(f"sync with {self.url} failed: {error!r}")
+            finally:
+                if discard is not None:
+                    discard.cancel()
             if self.closing:
                 break
             welcomed = session is not None and session.welcomed_at is not None
@@ -440,6 +452,13 @@ class SyncClient:
 
 def _reasons(counts: Mapping[str, int]) -> str:
     return ", ".join(sorted(counts)) or "no reason"
+
+
+async def _discard(connection: ClientConnection) -> None:
+    """Read and drop frames until the connection is closed."""
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in connection:
+            pass
 
 
 def _unreachable(error: BaseException, url: str) -> HubUnreachableError:

@@ -247,6 +247,10 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
         stop.set()
         await cutter
         log(f"every write made ({total_acks()} acks); the faults stop")
+        unpushed = {a: (await p.mem.store.counts())["ops_pending"] for a, p in local.items()}
+        for a, w in writers.items():
+            unpushed[a] = (await w.child.ask("state", "state"))["counts"]["ops_pending"]
+        log(f"own ops still to push when the faults stop: {unpushed}")
         nemesis.faults = CALM
         nemesis.heal()
         storm_s = time.monotonic() - storm_started
@@ -263,10 +267,17 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
             for w in writers.values():
                 w.child.send("sync", timeout=20)
             for p in local.values():
+                began = time.monotonic()
                 try:
-                    await p.mem.sync_now(timeout=20)
+                    report = await p.mem.sync_now(timeout=20)
                 except Exception as error:
                     failures.append(f"{p.agent_id}: {error}")
+                else:
+                    head = (await asyncio.to_thread(hubs[-1].health))["ops"]
+                    log(
+                        f"{p.agent_id} synced in {time.monotonic() - began:.2f} s: {report}, "
+                        f"{(await p.mem.store.counts())['ops']} ops here, hub at {head} now"
+                    )
                 roots[p.agent_id] = await p.mem.state_root()
                 counts[p.agent_id] = (await p.mem.store.counts())["ops"]
             for w in writers.values():
@@ -278,7 +289,10 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
                 counts[w.agent_id] = state["counts"]["ops"]
             head = (await asyncio.to_thread(hubs[-1].health))["ops"]
             last.update(roots=roots, counts=counts, head=head, failures=failures)
-            log(f"sync round {rounds}: {len(set(roots.values()))} roots, ops {counts}, hub {head}")
+            log(
+                f"sync round {rounds}: {len(set(roots.values()))} roots, ops {counts}, hub {head}"
+                + (f"; failed: {failures}" if failures else "")
+            )
             return not failures and len(set(roots.values())) == 1 and set(counts.values()) == {head}
 
         try:
@@ -330,6 +344,7 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
         },
         "outcome": {
             "storm (s)": round(storm_s, 1),
+            "own ops still to push when the faults stopped": dict(sorted(unpushed.items())),
             "time to converge after the faults stopped (s)": round(converge_s, 1),
             "sync rounds": rounds,
             "replicas": len(reports),
