@@ -80,9 +80,12 @@ async def test_a_backdated_creation_by_a_writer_who_wrote_after_seeing_it_is_ref
     a = await open_memory("agent-a")
     mid = await a.learn("alice's finding", importance=0.9, memory_id="finding")
     before = await provenance(a, mid)
-    heads = tuple(op.cid for op in await a.history(mid))
-    # mallory saw the memory and used it (recall records an access: an op) ...
-    used = mallory(mid, 1, system_ms(), MemoryPatch(access=1), heads)
+    history = await a.history(mid)
+    heads = tuple(op.cid for op in history)
+    # mallory saw the memory and used it (recall records an access: an op), its
+    # clock past what it saw (in the same millisecond it would be refused) ...
+    seen_ms = max(op.hlc[0] for op in history)
+    used = mallory(mid, 1, max(system_ms(), seen_ms + 1), MemoryPatch(access=1), heads)
     assert await a.merge_ops([used]) == 1
     # ... then claims, naming no parents, to have created it in 1970.
     attack = mallory(mid, 2, 1000, TAKEOVER)
