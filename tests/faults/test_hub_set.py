@@ -304,9 +304,12 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
         # --- every process stops; every store is read --------------------------------
         for w in writers.values():
             await w.close()
+        log("child agents closed")
         for p in local.values():
             await p.mem.close()
+        log("in-process agents closed")
         await hubs[-1].stop()
+        log("hub stopped (SIGTERM)")
         acked = {memory_id(w.agent_id, i) for w in writers.values() for i in w.acked}
         acked |= {memory_id(p.agent_id, i) for p in local.values() for i in p.acked}
         replicas = {agent: procs.agents_dir / agent / "memory.db" for agent in HONEST}
@@ -314,6 +317,7 @@ async def test_every_acknowledged_write_survives_faults_kills_and_attacks(tmp_pa
         reports = {name: await replica_report(path, acked) for name, path in replicas.items()}
         origin = await provenance(replicas["agent-2"], memory_id("agent-2", 0))
         owners = {n: await provenance(p, memory_id("agent-2", 0)) for n, p in replicas.items()}
+        log("every store read")
 
     hub_log = reports["hub"]
     honest_write = [a for a in results if a.kind == attacks.OWN_WRITE]
