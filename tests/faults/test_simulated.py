@@ -13,8 +13,8 @@ rejected, as the real peer does. Afterwards every agent must hold every genuine
 op (by CID, not just by writer and number), none may hold a forgery, and every
 replica's summary must be the same.
 
-CI runs it at 200 agents and 5,000 ops (about 10 s); ``CHRYSALIS_SIM_OPS=50000``
-runs the full size of the issue (about a minute and 2.5 GB on 2 CPUs: see
+CI runs it at 200 agents and 5,000 ops (about 16 s on 2 CPUs); ``CHRYSALIS_SIM_OPS=50000``
+runs the full size of the issue (76 s and 2.5 GB of memory there: see
 docs/reliability.md). ``CHRYSALIS_FAULTS_SEED`` picks the seed.
 """
 
