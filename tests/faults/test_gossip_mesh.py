@@ -17,8 +17,8 @@ member's memory, a frame naming another sender, a malformed frame.
 
 Afterwards, with every process stopped, each store is read: every acknowledged
 write (and any a killed run committed unacknowledged) is on every member, the
-state roots are equal, verify is clean, no forged
-op is anywhere and the attacked memory's provenance is unchanged.
+state roots are equal, verify is clean, no forged op is anywhere and the attacked
+memory's provenance is unchanged.
 
 ``CHRYSALIS_FAULTS_SEED`` replays the schedule; ``-s`` shows the summary.
 """
